@@ -125,6 +125,8 @@ def inject(headers: list[tuple[str, bytes]] | None = None, ctx: otel_context.Con
 def extract(headers: Iterable[tuple[str, bytes]] | None) -> otel_context.Context:
     """Context from a consumed message's headers (empty context when there is none)."""
     carrier = {}
+    if isinstance(headers, dict):
+        headers = headers.items()
     for k, v in headers or ():
         if k in ("traceparent", "tracestate"):
             carrier[k] = v.decode("latin-1") if isinstance(v, (bytes, bytearray)) else str(v)
