@@ -1,0 +1,5 @@
+import sys
+
+from fimstream.cli import main
+
+sys.exit(main())
