@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu) in the foreground")
     _common(p)
     p.set_defaults(func=_run_broker)
+
+    from fimstream.rules.cli import add_subparsers as add_rules_commands
+    add_rules_commands(sub)
     return parser
 
 

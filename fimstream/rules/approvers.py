@@ -7,9 +7,11 @@ event, the event satisfies at least one of the rule's approvers. An approver is 
     path      the event's file (slot "file") or second file (slot "target") has exactly this path,
               or this (dev, ino) - exact paths are stat()ed at load so hard links and bind mounts match
     name      ... has this base name
-    prefix    ... path starts with this directory prefix (always ends with "/")
+    prefix    ... path starts with this prefix: the literal text of a glob before its first wildcard
+              ("/etc/" for "/etc/**", "/memfd:" for "/memfd:*")
     exe       the process executable has this path
     flags     event.flags & mask != 0 (a type-wide approver)
+    mode      event.mode & mask != 0 (the mode argument of chmod/create/mkdir/mknod/open; type-wide)
 
 Path/name/prefix/exe approvers carry a `flags` mask too: 0 means any flags, else the event must also have
 one of those bits (e.g. writes under /etc: prefix "/etc/" with O_WRONLY|O_RDWR|O_CREAT|O_TRUNC).
@@ -37,12 +39,12 @@ from .ir import And, Atom, Const, IpMember, Member, Not, Or, Rel, Truth, VBit, V
 from .patterns import glob_covers, glob_possible_under
 
 # --------------------------------------------------------------------------------------- approvers
-_KIND_COST = {"path": 1, "name": 2, "exe": 3, "prefix": 4, "flags": 8}
+_KIND_COST = {"path": 1, "name": 2, "exe": 3, "prefix": 4, "flags": 8, "mode": 8}
 
 
 @dataclass(frozen=True)
 class Approver:
-    kind: str  # path | name | prefix | exe | flags
+    kind: str  # path | name | prefix | exe | flags | mode
     slot: str | None  # file | target for path/name/prefix; None for exe/flags
     value: object  # bytes, or the mask for kind flags
     flags: int = 0  # extra flags mask required (0: any)
@@ -57,38 +59,39 @@ def _field_of(v):
     return v.field if isinstance(v, VField) and not v.field.is_array else None
 
 
-def _flag_mask(atom) -> int | None:
-    """If the atom implies `event.flags & mask != 0`, the mask."""
-    def masked(v):  # (flags field & M) -> M
+def _bit_mask(atom) -> tuple[str, int] | None:
+    """If the atom implies `event.<flags|mode> & mask != 0`: (role, mask)."""
+    def masked(v):  # (field & M) -> (role, M)
         if isinstance(v, VBit) and v.op == "&":
             for a, b in ((v.a, v.b), (v.b, v.a)):
                 f = _field_of(a)
-                if f is not None and f.role == "flags" and isinstance(b, VConst):
-                    return b.value
+                if f is not None and f.role in ("flags", "mode") and isinstance(b, VConst):
+                    return f.role, b.value
         return None
     if isinstance(atom, Truth) and not atom.negated:
         return masked(atom.value)
     if isinstance(atom, Rel) and not atom.negated and isinstance(atom.right, VConst):
         c = atom.right.value
         f = _field_of(atom.left)
-        if f is not None and f.role == "flags" and atom.op == "==" and c != 0:
-            return c
+        if f is not None and f.role in ("flags", "mode") and atom.op == "==" and c != 0:
+            return f.role, c
         m = masked(atom.left)
         if m is None:
             return None
+        role, mask = m
         op = atom.op
         if (op == ">" and c >= 0) or (op == ">=" and c >= 1) or (op == "!=" and c == 0):
-            return m  # the masked value is non-negative, so > 0 means some bit of m is set
+            return role, mask  # the masked value is non-negative, so > 0 means some bit of mask is set
         if op == "==" and c != 0:
-            return m & c if (c & ~m) == 0 else 0  # 0: impossible, handled by caller as "no events"
+            return role, (mask & c if (c & ~mask) == 0 else 0)  # 0: can never hold
     return None
 
 
 def atom_approvers(atom) -> frozenset | None:
     """Approvers covering one atom, or None if the kernel cannot test it."""
-    mask = _flag_mask(atom)
-    if mask is not None:
-        return frozenset() if mask == 0 else frozenset([Approver("flags", None, mask)])
+    bits = _bit_mask(atom)
+    if bits is not None:
+        return frozenset() if bits[1] == 0 else frozenset([Approver(bits[0], None, bits[1])])
     if not isinstance(atom, Member) and not (isinstance(atom, Rel) and atom.op == "=="):
         return None
     if atom.negated:
@@ -111,8 +114,8 @@ def atom_approvers(atom) -> frozenset | None:
         if f.role == "path":
             if p.last_literal is not None:
                 out.add(Approver("name", slot, p.last_literal))
-            elif len(p.literal_prefix.rpartition(b"/")[0]) > 0:
-                out.add(Approver("prefix", slot, p.literal_prefix.rpartition(b"/")[0] + b"/"))
+            elif len(p.literal_prefix) > 1:
+                out.add(Approver("prefix", slot, p.literal_prefix))
             else:
                 return None  # "/*.so": a prefix of "/" filters nothing
         else:
@@ -142,13 +145,15 @@ def tree_approvers(node) -> frozenset | None:
     if any(len(s) == 0 for s in sides):
         return frozenset()  # one side can never hold
     flag_sides = [s for s in sides if all(a.kind == "flags" for a in s)]
-    other = [s for s in sides if s not in flag_sides]
+    other = [s for s in sides if s not in flag_sides and not all(a.kind == "mode" for a in s)]
     if not other:
-        return min(flag_sides, key=lambda s: (bin(_union_mask(s)).count("1"), len(s)))
+        mode_sides = [s for s in sides if all(a.kind == "mode" for a in s)]
+        return min(flag_sides + mode_sides, key=lambda s: (bin(_union_mask(s)).count("1"), len(s)))
     best = min(other, key=_cost)
     if flag_sides:
         mask = min((_union_mask(s) for s in flag_sides), key=lambda m: bin(m).count("1"))
-        best = frozenset(a if a.flags or a.kind == "flags" else Approver(a.kind, a.slot, a.value, mask) for a in best)
+        best = frozenset(a if a.flags or a.kind in ("flags", "mode") else Approver(a.kind, a.slot, a.value, mask)
+                         for a in best)
     return best
 
 
@@ -170,10 +175,11 @@ class TypePolicy:
     paths: dict = field(default_factory=dict)  # slot -> {path bytes: flags mask (0 = any)}
     inodes: dict = field(default_factory=dict)  # slot -> {(st_dev, st_ino): flags mask}
     names: dict = field(default_factory=dict)  # slot -> {basename bytes: flags mask}
-    prefixes: dict = field(default_factory=dict)  # slot -> {dir prefix bytes ending in b"/": flags mask}
+    prefixes: dict = field(default_factory=dict)  # slot -> {path prefix bytes: flags mask}
     exes: dict = field(default_factory=dict)  # {process exe path: flags mask}
     exe_inodes: dict = field(default_factory=dict)  # {(st_dev, st_ino): flags mask}
     flags: int = 0  # pass any event with event.flags & flags != 0 (0: no such approver)
+    mode_bits: int = 0  # pass any event with event.mode & mode_bits != 0 (0: no such approver)
     rules: tuple = ()  # rule ids evaluated for this type
     reasons: tuple = ()  # mode "pass": the rule ids that cannot be filtered in the kernel
 
@@ -185,6 +191,8 @@ class TypePolicy:
         def ok(mask):
             return mask is not None and (mask == 0 or flags & mask != 0)
         if self.flags and flags & self.flags:
+            return True
+        if self.mode_bits and event.get("mode", 0) & self.mode_bits:
             return True
         for slot, key in (("file", "file"), ("target", "target")):
             rec = event.get(key)
@@ -246,6 +254,8 @@ class KernelPolicy:
                     d["exe_inodes"] = conv(tp.exe_inodes)
                 if tp.flags:
                     d["flags"] = tp.flags
+                if tp.mode_bits:
+                    d["mode_bits"] = tp.mode_bits
             out["types"][t] = d
         return out
 
@@ -290,6 +300,8 @@ def kernel_policy(ruleset, resolve_inodes: bool = True) -> KernelPolicy:
             for a in approvers:
                 if a.kind == "flags":
                     tp.flags |= a.value
+                elif a.kind == "mode":
+                    tp.mode_bits |= a.value
                 elif a.kind == "exe":
                     _merge(tp.exes, a.value, a.flags)
                     if resolve_inodes and (key := stat(a.value)) is not None:

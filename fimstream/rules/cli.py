@@ -119,6 +119,8 @@ def cmd_explain(args) -> int:
             print(f"    process exe inode: {_fmt_table(tp.exe_inodes)}")
         if tp.flags:
             print(f"    flags & {tp.flags:#o}")
+        if tp.mode_bits:
+            print(f"    mode argument & {tp.mode_bits:#o}")
         for rid in tp.rules:
             a = tree_approvers(rs.by_id[rid].specialized[t])
             print(f"  - {rid}: {len(a)} approver(s)" if a else f"  - {rid}: never matches {t}")

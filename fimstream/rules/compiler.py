@@ -3,8 +3,9 @@
 Event types. A field prefixed by an event type (`open.file.path`) makes its comparison hold only for
 events of that type. A rule therefore matches an event of type T only if T is among the rule's types:
     comparison on a T-field -> {T}      comparison on other fields, event.type tests -> every type
-    a && b -> types(a) & types(b)       a || b -> types(a) | types(b)       !a -> types(a)
-`a && b` with disjoint, specific types is an error (an event has one type). Alternatives of different types
+    a && b -> types(a) & types(b)       a || b -> types(a) | types(b)       !a -> types(a), weakly
+`a && b` with disjoint, specific types is an error (an event has one type). A negated side constrains
+only weakly: it never narrows a positive side (see type_constraint). Alternatives of different types
 under || are allowed: for a `rename` event every `open.*` comparison is false, so
 `open.file.path == "/x" || rename.file.destination.path == "/x"` covers both types. `!open.file.path == "/x"`
 still only matches open events: the field prefix is a precondition, not part of what `!` negates.
@@ -63,8 +64,8 @@ class Checker:
         if isinstance(node, Binary) and node.op in ("&&", "||"):
             left, right = self.condition(node.left), self.condition(node.right)
             if node.op == "&&":
-                lt, rt = types_of(left), types_of(right)
-                if not (lt & rt):
+                (lt, ls), (rt, rs) = type_constraint(left), type_constraint(right)
+                if ls == rs and not (lt & rt):
                     raise ExprError(f"the two sides of && hold for different event types ({_type_names(lt)} vs "
                                     f"{_type_names(rt)}) and an event has one type: use || between alternatives",
                                     node.at)
@@ -318,21 +319,37 @@ def _suggest(name: str, extra=()) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def types_of(node) -> frozenset:
-    """Event types a (sub)rule can match: see the module doc."""
+def type_constraint(node) -> tuple[frozenset, str]:
+    """(event types, strength). strength: "none" (no field selects a type), "weak" (only negated
+    comparisons do: `!open.file.path == "/x"` still means open events only) or "strong". In `a && !b`, the
+    weak side never narrows a strong one: `create.file.path =~ "/dev/**" && !mkdir.file.path == "/x"`
+    keeps create events, and an exception (`rule && !exception`) never changes the rule's types."""
     if isinstance(node, Atom):
         t = atom_event_type(node)
-        return frozenset([t]) if t is not None else ALL_TYPES
+        return (frozenset([t]), "strong") if t is not None else (ALL_TYPES, "none")
     if isinstance(node, Const):
-        return ALL_TYPES
+        return ALL_TYPES, "none"
     if isinstance(node, Not):
-        return types_of(node.item)
+        types, strength = type_constraint(node.item)
+        return types, ("none" if strength == "none" else "weak")
+    parts = [type_constraint(i) for i in node.items]
     if isinstance(node, And):
-        out = ALL_TYPES
-        for i in node.items:
-            out &= types_of(i)
-        return out
+        for level in ("strong", "weak"):
+            chosen = [t for t, st in parts if st == level]
+            if chosen:
+                out = ALL_TYPES
+                for t in chosen:
+                    out &= t
+                return out, level
+        return ALL_TYPES, "none"
+    if any(st == "none" for _, st in parts):
+        return ALL_TYPES, "none"
     out = frozenset()
-    for i in node.items:
-        out |= types_of(i)
-    return out
+    for t, _ in parts:
+        out |= t
+    return out, ("strong" if all(st == "strong" for _, st in parts) else "weak")
+
+
+def types_of(node) -> frozenset:
+    """Event types a (sub)rule can match: see the module doc and type_constraint."""
+    return type_constraint(node)[0]

@@ -72,7 +72,7 @@ class Field:
     code: str
     event_types: frozenset | None = None  # None: defined for every event
     each: str | None = None  # array fields: the iterable; `code` then reads element X
-    role: str | None = None  # what the kernel can test: path | name | exe | flags (see approvers.py)
+    role: str | None = None  # what the kernel can test: path | name | exe | flags | mode (approvers.py)
     slot: str | None = None  # for role path/name: which file of the event: "file" or "target"
     key: str | None = None  # family fields (k8s.labels.<key>): the key
 
@@ -153,9 +153,9 @@ def _build() -> dict[str, Field]:
         fields += _file_fields(f"{t}.file.destination", "T", what, one(t), "target")
     for t in CREATE_MODE_TYPES:
         fields.append(Field(f"{t}.file.destination.mode", "int", f"Mode requested for the new file ({t}).",
-                            'E["mode"]', one(t)))
+                            'E["mode"]', one(t), role="mode"))
     fields.append(Field("chmod.file.destination.mode", "int", "New mode set by chmod (permission bits).",
-                        'E["mode"]', one("chmod")))
+                        'E["mode"]', one("chmod"), role="mode"))
     fields.append(Field("chown.file.destination.uid", "int", "New owner uid (-1: unchanged).", 'E["owner_uid"]',
                         one("chown")))
     fields.append(Field("chown.file.destination.gid", "int", "New owner gid (-1: unchanged).", 'E["owner_gid"]',

@@ -96,7 +96,8 @@ def make_event(spec: dict) -> dict:
         fields["cred"] = cred
     if "net" in spec:
         net = {"family": 2, "protocol": 6, "local_addr": "", "local_port": 0, "remote_addr": "", "remote_port": 0}
-        net.update(spec.pop("net"))
+        for k, v in spec.pop("net").items():
+            net[k] = _int(v, f"net.{k}") if k in ("family", "protocol", "local_port", "remote_port") else v
         fields["net"] = net
     fields.update(spec)  # attrs, container_id, k8s, syscall, ...
     return _roundtrip(enriched_event(etype, **fields))

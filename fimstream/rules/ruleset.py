@@ -9,7 +9,7 @@ A rule set is one or more YAML files (or a directory of *.yaml / *.yml). Top-lev
 
 Lists and macros are shared by every file of the set. An exception silences its rule(s) when all of its
 `when` fields have one of the listed values (or when its expression holds): the rule is compiled as
-`rule && !(exception)`. Every problem found is reported at once (RuleError), with file:line:col.
+`rule && !(exception)`. A `when` value that is the name of a list stands for that list. Every problem found is reported at once (RuleError), with file:line:col.
 """
 from __future__ import annotations
 
@@ -492,6 +492,14 @@ class _Builder:
     def field_in(self, src, fname, value_node, checker, negated=False, key=None):
         """`field in [values]` built from YAML values (a scalar or a sequence)."""
         at = Loc(src.node_where(value_node), 0)
+        if value_node.tag == "tag:yaml.org,2002:str" and value_node.value in self.env.lists:
+            # a bare name of a list: use that list
+            cmp = Compare(at, "notin" if negated else "in", Name(at, fname, key), Name(at, value_node.value))
+            try:
+                return checker.compare(cmp)
+            except ExprError as e:
+                self.problems.append(problem_at(e.at, e.message))
+                return None
         nodes = value_node.value if value_node.tag == "tag:yaml.org,2002:seq" else [value_node]
         items = [lit for lit in (self.literal(src, n) for n in nodes) if lit is not None]
         if len(items) != len(nodes):
