@@ -256,7 +256,8 @@ class Checker:
             if any(0xDC80 <= ord(c) <= 0xDCFF for c in s):
                 raise ExprError("\\xNN escapes above \\x7f are only for byte fields (paths, names, args)", where.at)
             return s
-        raise ExprError(f"expected a {ftype} value, got a string", where.at)
+        want = {"duration": "a duration such as 10s", "int": "an integer", "bool": "true or false"}.get(ftype, ftype)
+        raise ExprError(f"expected {want}, got a string", where.at)
 
     def coerce_const(self, v: VConst, ftype: str, where: Node) -> VConst:
         if ftype == "int" and v.type == "int":

@@ -146,9 +146,9 @@ class Member(Atom):
         elif self.exact:
             parts.append(f"{v} in {pool.add(self.exact)}")
         globs = [p for p in self.patterns if p.kind == "glob"]
-        for p in globs:
-            if p.prefix is not None:
-                parts.append(f"{v}.startswith({pool.add(p.prefix)})")
+        prefixes = tuple(p.prefix for p in globs if p.prefix is not None)
+        if prefixes:  # one C call for every "dir/**" pattern
+            parts.append(f"{v}.startswith({pool.add(prefixes if len(prefixes) > 1 else prefixes[0])})")
         rx_globs = [p for p in globs if p.prefix is None]
         if rx_globs:
             import re

@@ -555,17 +555,17 @@ def compile_sources(sources: list[Source]) -> RuleSet:
         except ExprError as e:
             b.problems.append(problem_at(e.at, f"macro '{m.name}': {e.message}"))
     built: list[tuple[Rule, object]] = []
-    seen: dict[str, Rule] = {}
+    first_at: dict[str, str] = {}
     for src, node in b.rule_defs:
+        rid = next((str(v.value) for k, _, v in mapping_items(node) if k == "id"), None)
+        if rid is not None and rid in first_at:
+            b.problem(src, node, f"duplicate rule id '{rid}' (first defined at {first_at[rid]})", rid)
+            continue
+        if rid is not None:
+            first_at[rid] = f"{src.name}:{node.start_mark.line + 1}"
         result = b.build_rule(src, node, checker)
-        if result is None:
-            continue
-        rule, tree = result
-        if rule.id in seen:
-            b.problem(src, node, f"duplicate rule id '{rule.id}' (first defined at {seen[rule.id].source})", rule.id)
-            continue
-        seen[rule.id] = rule
-        built.append((rule, tree))
+        if result is not None:
+            built.append(result)
     trees = {rule.id: tree for rule, tree in built}
     for exc in b.exceptions:
         etree = b.exception_tree(exc, checker)
