@@ -47,12 +47,16 @@ class Settings:
     linger_ms: int = 20  # how long a partial batch may wait
     producer_max_batch_bytes: int = 1 << 20
     topics: Topics = field(default_factory=Topics)
+    group_prefix: str = "fimstream"  # consumer groups are <prefix>-<stage>: two pipelines can share a cluster
     clickhouse_url: str = ""  # "" = embedded chDB under state_dir; or http(s)://user:pass@host:8123/db
     query_listen: str = "127.0.0.1:8123"  # embedded store's ClickHouse-HTTP endpoint, served by the sink
     state_dir: Path = field(default_factory=default_state_dir)
     rules: Path = Path("rules")
     host: str = field(default_factory=socket.gethostname)
     node_name: str = ""  # Kubernetes node (downward API); defaults to host
+
+    def group(self, stage: str) -> str:
+        return f"{self.group_prefix}-{stage}"
 
     @property
     def chdb_path(self) -> Path:

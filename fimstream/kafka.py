@@ -241,6 +241,26 @@ async def decode_or_refresh(codec: Codec, payload: bytes, schemas: SchemaTopic |
         return codec.decode_batch(payload)
 
 
+# ---------------------------------------------------------------------------------- control topic
+async def follow_control(settings: Settings, stop: asyncio.Event,
+                         apply: Callable[[bytes | None, bytes], Awaitable[None]]) -> None:
+    """Apply every control message (key, value) in order, from the beginning of the topic, then follow
+    it. Every worker of every stage reads all of it (no consumer group): a restarted stage re-applies
+    what operators pushed (e.g. a rules overlay), and the last message of a kind wins."""
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topics.control, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        while not stop.is_set():
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                for r in records:
+                    await apply(r.key, r.value or b"")
+    finally:
+        await consumer.stop()
+
+
 # ------------------------------------------------------------------------------------- consume loop
 Handler = Callable[[list[ConsumerRecord]], Awaitable[None]]
 

@@ -23,7 +23,7 @@ def settings(broker, tmp_path) -> Settings:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     topics = Topics(**{name: f"{prefix}.{value}" for name, value in vars(Topics()).items()})
     return Settings(kafka_bootstrap=broker.bootstrap, topics=topics, partitions=2, state_dir=tmp_path / "state",
-                    linger_ms=5)
+                    linger_ms=5, group_prefix=prefix)
 
 
 def needs_root():

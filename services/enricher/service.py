@@ -26,7 +26,7 @@ TAKE_WITHIN = 0.05
 def make_app(settings: Settings) -> faust.App:
     hosts = ";".join(settings.kafka_bootstrap.split(","))
     return faust.App(
-        "fimstream-enricher",
+        settings.group("enricher"),
         broker=f"kafka://{hosts}",
         value_serializer="raw",
         key_serializer="raw",
