@@ -83,7 +83,11 @@ def main() -> None:
             hits += len(match(ev))
         done += len(events)
     elapsed = time.perf_counter() - t0
+    policy = rules.kernel_policy()
+    passed = sum(policy.passes(ev) for ev in events)
     print(f"rule set: {len(rules.enabled_rules)} enabled rules, loaded and compiled in {t_load * 1000:.0f} ms")
+    print(f"kernel policy (Python mirror) on this mix: passes {passed / len(events):.1%}, "
+          f"filters {1 - passed / len(events):.1%} (exec/setuid events always pass: see `fimstream rules explain`)")
     print(f"events: {done}, alerts: {hits} ({hits / done:.2%})")
     print(f"rule evaluation: {done / elapsed:,.0f} events/s on one core ({elapsed / done * 1e6:.2f} us/event)")
 
