@@ -22,7 +22,7 @@ bench: setup
 	$(VENV)/bin/fimstream bench all
 
 docs: setup
-	$(PY) -m fimstream.cli rules docs > docs/fields.md
+	$(VENV)/bin/fimstream rules docs -o docs/fields.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .fimstream
