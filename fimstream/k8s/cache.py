@@ -69,6 +69,7 @@ class MetadataCache:
                  listeners: Iterable[Listener] = ()):
         self.settings = settings or K8sSettings()
         self.mode = "stopped"  # "kubernetes" or "host" once started
+        self._synced = False
         self.reason = ""  # where the API server is, or why host mode
         self._api = api_client
         self._annotations = AnnotationFilter(self.settings.annotations)
@@ -146,9 +147,11 @@ class MetadataCache:
 
     @property
     def synced(self) -> bool:
-        """Every watched resource has been listed once (host mode: trivially)."""
-        return self.mode == "host" or (self.mode == "kubernetes"
-                                       and all(r.synced.is_set() for r in self._reflectors.values()))
+        """Every watched resource has been listed once (host mode: trivially). Never goes back to False."""
+        if not self._synced:
+            self._synced = self.mode == "host" or (self.mode == "kubernetes" and all(
+                r.synced.is_set() for r in self._reflectors.values()))
+        return self._synced
 
     def wait_synced(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

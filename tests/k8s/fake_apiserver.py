@@ -147,10 +147,16 @@ class _Event:
 
 
 class FakeApiServer:
+    STAMP = "fake-apiserver.fimstream.dev/committed-at"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, bookmark_interval: float = 0.5,
-                 token: str | None = "fake-token", first_resource_version: int = 1000):
+                 token: str | None = "fake-token", first_resource_version: int = 1000,
+                 stamp_commits: bool = False):
         self.bookmark_interval = bookmark_interval
         self.token = token
+        # Benchmarks: annotate each stored object with the wall-clock time of its commit (the moment
+        # watchers can see it), so a client in another process can measure commit -> ready.
+        self.stamp_commits = stamp_commits
         self._lock = threading.Condition()
         self._rv = first_resource_version
         self._compacted = 0  # states before this resourceVersion are gone (events up to it too)
@@ -318,6 +324,8 @@ class FakeApiServer:
     def _commit(self, r: Resource, etype: str, key: tuple[str, str], obj: dict, prev: dict | None) -> dict:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
+        if self.stamp_commits:
+            obj["metadata"].setdefault("annotations", {})[self.STAMP] = repr(time.time())
         obj.setdefault("kind", r.kind)
         obj.setdefault("apiVersion", r.api_version)
         if etype == "DELETED":
@@ -410,8 +418,8 @@ class FakeApiServer:
             if next_start:
                 meta["continue"] = base64.urlsafe_b64encode(
                     json.dumps({"rv": snapshot, "start": next_start}).encode()).decode()
-            return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": meta,
-                    "items": copy.deepcopy(items)}
+            # Stored objects are never changed in place (every write stores a new copy): no copy needed.
+            return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": meta, "items": items}
 
     def _events_since(self, rv: int) -> list[_Event]:
         # history is ordered by rv; find the first event after rv
@@ -554,7 +562,7 @@ def _handler_for(api: FakeApiServer):
             with api._lock:
                 if rv_param in ("", "0"):
                     position = api._rv
-                    initial = [{"type": "ADDED", "object": copy.deepcopy(o)}
+                    initial = [{"type": "ADDED", "object": o}
                                for k, o in sorted(api._objects[r.plural].items()) if visible(o)]
                     too_old = False
                 else:
@@ -615,7 +623,7 @@ def _handler_for(api: FakeApiServer):
                             else:
                                 etype = None
                             if etype:
-                                out.append({"type": etype, "object": copy.deepcopy(e.obj)})
+                                out.append({"type": etype, "object": e.obj})
                         if events:
                             position = events[-1].rv
                         send_bookmark = bookmarks and (conn.bookmark_due or time.monotonic() >= next_bookmark)
@@ -654,9 +662,12 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--kubeconfig", required=True, help="where to write a kubeconfig pointing at this server")
     p.add_argument("--bookmark-interval", type=float, default=5.0)
+    p.add_argument("--stamp-commits", action="store_true",
+                   help=f"annotate objects with their commit time ({FakeApiServer.STAMP})")
     p.add_argument("objects", nargs="*", help="JSON files with objects (or a List) to create at start")
     args = p.parse_args(list(argv) if argv is not None else None)
-    api = FakeApiServer(host=args.host, port=args.port, bookmark_interval=args.bookmark_interval).start()
+    api = FakeApiServer(host=args.host, port=args.port, bookmark_interval=args.bookmark_interval,
+                        stamp_commits=args.stamp_commits).start()
     for path in args.objects:
         data = json.loads(Path(path).read_text())
         for obj in data.get("items", [data]) if data.get("kind", "").endswith("List") else [data]:
