@@ -1,0 +1,371 @@
+/* Shared by every fimstream sensor (bcc C): the ring-buffer record header, the maps every sensor uses,
+ * task context, true-path walks and output with loss counting.
+ *
+ * No kernel struct is read through the installed headers (their layouts are wrong for the running
+ * kernel): every offset is an O_* macro computed from /sys/kernel/btf/vmlinux by offsets.py, and kernel
+ * pointers are plain u64 read with bpf_probe_read_kernel. Record kinds (RK_*), syscall codes (SC_*),
+ * path flags (PF_*) and sizes come from the same Python module, so both sides share one definition.
+ */
+#ifndef FIMSTREAM_H
+#define FIMSTREAM_H
+
+#define AT_FDCWD_ (-100)
+#define PF_KTHREAD_ 0x00200000
+
+/* Program declarations. bcc auto-attaches functions named tracepoint__* at load; these names keep
+ * attaching under each sensor's control (sensor.py). bcc derives `args` from the struct name. */
+#define TP(category, event) \
+    int tp__##category##__##event(struct tracepoint__##category##__##event *args)
+#define RAW_TP(event) int rawtp__##event(struct bpf_raw_tracepoint_args *ctx)
+
+/* Keep a value opaque to clang so a mask or bound check the verifier needs is not optimised away. */
+#define opaque(v) asm volatile("" : "+r"(v))
+
+/* ----------------------------------------------------------------------------------- record layout */
+struct rec_hdr {          /* 96 bytes, first in every record; parsed by records.HEADER */
+    u16 kind;             /* RK_* */
+    u16 hflags;
+    u32 reserved;
+    u64 ktime;            /* bpf_ktime_get_boot_ns() */
+    s64 retval;
+    /* bytes 24..92 identify a thread's process context: userspace caches encodings by them */
+    u64 start_time;       /* group_leader->start_boottime (ns since boot) */
+    u64 cgroup_id;        /* cgroup v2 id (bpf_get_current_cgroup_id) */
+    u32 pid;              /* tgid */
+    u32 tid;
+    u32 ppid;             /* real_parent->tgid */
+    u32 uid, gid, euid, egid;
+    u32 auid, sessionid;
+    char comm[16];
+    u32 pad;
+};
+
+struct file_info {        /* 32 bytes; its path bytes follow in the record's variable part */
+    u64 ino;
+    u32 dev;              /* kernel dev_t (MAJOR << 20 | MINOR); userspace converts to st_dev */
+    u32 nlink;
+    u32 uid;
+    u32 gid;
+    u16 mode;
+    u16 path_flags;       /* PF_* */
+    u16 str_len;          /* bytes of the caller's string (first in the variable part); 0 = none */
+    u16 path_len;         /* bytes of the kernel-walked path (after the string) */
+};
+
+/* Per-CPU assembly area: a record is built here and copied into the ring buffer with its exact size
+ * (bpf_ringbuf_reserve needs a constant size; bpf_ringbuf_output takes a bounded variable one). The
+ * write positions live in map memory: kept in registers, their exact value in every branch stops the
+ * verifier from pruning states and a 32-level walk becomes "program too large". */
+struct scratch {
+    char ev[EV_SZ];
+    char path[PATH_SZ];
+    u32 len;              /* bytes of ev in use */
+    u32 pos;              /* walk write position in path[] (the path is built backwards) */
+};
+
+struct inflight {         /* syscall arguments saved at sys_enter, used at sys_exit */
+    u64 a[6];
+    u32 sc;
+    u32 pad;
+};
+
+/* ------------------------------------------------------------------------------------- shared maps */
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
+BPF_TABLE("lru_hash", u32, struct inflight, inflight, INFLIGHT_MAX);
+BPF_HASH(ignore_pids, u32, u8, IGNORE_MAX);          /* tgids the pipeline itself runs as */
+BPF_PERCPU_ARRAY(counters, u64, NKINDS * NCOUNTERS);   /* [kind][C_*], summed by userspace */
+
+static __always_inline void tally(u32 kind, u32 what)
+{
+    u32 idx = kind * NCOUNTERS + what;
+    u64 *c = counters.lookup(&idx);
+    if (c)
+        (*c)++;
+}
+
+/* ------------------------------------------------------------------------------------ kernel reads */
+static __always_inline u64 rd64(u64 addr)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u32 rd32(u64 addr)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u16 rd16(u64 addr)
+{
+    u16 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+/* The collector's own process and the other pipeline stages (ignore.pids), and kernel threads. */
+static __always_inline int ignored(u64 task, u32 tgid)
+{
+    if (ignore_pids.lookup(&tgid))
+        return 1;
+    return (rd32(task + O_TASK_FLAGS) & PF_KTHREAD_) != 0;
+}
+
+static __always_inline struct scratch *scratch_get(void)
+{
+    u32 zero = 0;
+    return scratch_map.lookup(&zero);
+}
+
+/* Fill the record header from the current task; the body starts at sizeof(rec_hdr) + body_size. */
+static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 kind, u32 body_size, s64 retval)
+{
+    struct rec_hdr *h = (struct rec_hdr *)s->ev;
+    u64 id = bpf_get_current_pid_tgid();
+    h->kind = kind;
+    h->hflags = 0;
+    h->reserved = 0;
+    h->pad = 0;
+    h->pid = id >> 32;
+    h->tid = (u32)id;
+    h->ktime = bpf_ktime_get_boot_ns();
+    h->ppid = rd32(rd64(task + O_TASK_REAL_PARENT) + O_TASK_TGID);
+    u64 cred = rd64(task + O_TASK_CRED);
+    h->uid = rd32(cred + O_CRED_UID);
+    h->gid = rd32(cred + O_CRED_GID);
+    h->euid = rd32(cred + O_CRED_EUID);
+    h->egid = rd32(cred + O_CRED_EGID);
+#if O_TASK_LOGINUID >= 0
+    h->auid = rd32(task + O_TASK_LOGINUID);
+    h->sessionid = rd32(task + O_TASK_SESSIONID);
+#else
+    h->auid = (u32)-1;
+    h->sessionid = (u32)-1;
+#endif
+    h->start_time = rd64(rd64(task + O_TASK_GROUP_LEADER) + O_TASK_START_BOOTTIME);
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+    h->retval = retval;
+    s->len = sizeof(struct rec_hdr) + body_size;
+    return h;
+}
+
+/* Copy the finished record into the ring buffer; a full ring buffer is counted, never silent. */
+static __always_inline void emit(struct scratch *s, u32 kind)
+{
+    u64 len = s->len;
+    if (len < sizeof(struct rec_hdr))
+        return;
+    opaque(len);                                      /* keep clang from folding the two checks */
+    if (len > EV_SZ)
+        len = EV_SZ;
+    void *rec = s;                                    /* ev is first: (an array argument trips bcc's rewriter) */
+    if (events.ringbuf_output(rec, len, 0) == 0)
+        tally(kind, C_EMITTED);
+    else
+        tally(kind, C_LOST);
+}
+
+/* ---------------------------------------------------------------------------------------- files */
+static __always_inline u64 fd_file(u64 task, s64 fd)
+{
+    if (fd < 0)
+        return 0;
+    u64 fdt = rd64(rd64(task + O_TASK_FILES) + O_FILES_FDT);
+    u32 max = rd32(fdt + O_FDT_MAX_FDS);
+    if ((u64)fd >= max)
+        return 0;
+    return rd64(rd64(fdt + O_FDT_FD) + (u64)fd * 8);
+}
+
+static __always_inline void fill_inode(struct file_info *fi, u64 inode)
+{
+    if (!inode)
+        return;
+    fi->ino = rd64(inode + O_INODE_INO);
+    fi->mode = rd16(inode + O_INODE_MODE);
+    fi->nlink = rd32(inode + O_INODE_NLINK);
+    fi->uid = rd32(inode + O_INODE_UID);
+    fi->gid = rd32(inode + O_INODE_GID);
+    fi->dev = rd32(rd64(inode + O_INODE_SB) + O_SB_DEV);
+}
+
+/* Walk dentry -> d_parent up to the task's root, crossing mounts through mnt_parent/mnt_mountpoint
+ * (what d_path does), writing "/name" components backwards into s->path ending at PATH_END.
+ * Returns PF_* flags; the path is s->path[s->pos .. PATH_END). */
+static __always_inline u32 walk(struct scratch *s, u64 dentry, u64 vfsmnt, u64 task)
+{
+    u64 fs = rd64(task + O_TASK_FS);
+    u64 root_mnt = rd64(fs + O_FS_ROOT + O_PATH_MNT);
+    u64 root_dentry = rd64(fs + O_FS_ROOT + O_PATH_DENTRY);
+    u64 mnt = vfsmnt - O_MOUNT_MNT;
+    u32 flags = 0;
+    u32 done = 0;
+    s->pos = PATH_END;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAX_DEPTH; i++) {
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            done = 1;
+            break;
+        }
+        if (dentry == rd64(vfsmnt + O_VFSMOUNT_ROOT)) {
+            u64 parent_mnt = rd64(mnt + O_MOUNT_PARENT);
+            if (parent_mnt == mnt || !parent_mnt) {   /* a namespace root or a detached mount */
+                flags |= PF_OUTSIDE_ROOT;
+                done = 1;
+                break;
+            }
+            dentry = rd64(mnt + O_MOUNT_MOUNTPOINT);
+            mnt = parent_mnt;
+            vfsmnt = mnt + O_MOUNT_MNT;
+            continue;
+        }
+        u64 parent = rd64(dentry + O_DENTRY_PARENT);
+        if (parent == dentry || !parent) {            /* disconnected dentry (pseudo fs, NFS export) */
+            flags |= PF_OUTSIDE_ROOT;
+            done = 1;
+            break;
+        }
+        u32 len = rd32(dentry + O_DENTRY_NAME_LEN);
+        u64 name = rd64(dentry + O_DENTRY_NAME_NAME);
+        u32 pos = s->pos;
+        if (len > NAME_MAX_ || len + 1 > pos) {
+            flags |= PF_TRUNCATED;
+            done = 1;
+            break;
+        }
+        pos -= len;
+        opaque(pos);
+        bpf_probe_read_kernel(&s->path[pos & PATH_MASK], len & NAME_MAX_, (void *)name);
+        pos -= 1;
+        opaque(pos);
+        s->path[pos & PATH_MASK] = '/';
+        s->pos = pos;
+        dentry = parent;
+    }
+    if (!done && !(dentry == root_dentry && vfsmnt == root_mnt))
+        flags |= PF_DEPTH;
+    if (s->pos == PATH_END) {                         /* the root itself */
+        s->pos = PATH_END - 1;
+        s->path[PATH_END - 1] = '/';
+    }
+    return flags;
+}
+
+/* Append the walked path to the record; returns its length. */
+static __always_inline u32 append_walk(struct scratch *s)
+{
+    u32 off = s->len;
+    u32 pos = s->pos;
+    opaque(pos);
+    if (off > EV_VAR_MASK || pos > PATH_END)
+        return 0;
+    u32 n = PATH_END - pos;
+    opaque(n);
+    bpf_probe_read_kernel(&s->ev[off & EV_VAR_MASK], n & PATH_MASK, &s->path[pos & PATH_MASK]);
+    s->len = off + (n & PATH_MASK);
+    return n & PATH_MASK;
+}
+
+/* Append a NUL-terminated string (without its NUL); returns its length. */
+static __always_inline u32 append_str(struct scratch *s, u64 ptr, int user)
+{
+    u32 off = s->len;
+    if (off > EV_VAR_MASK || !ptr)
+        return 0;
+    long n = user ? bpf_probe_read_user_str(&s->ev[off & EV_VAR_MASK], STR_MAX, (void *)ptr)
+                  : bpf_probe_read_kernel_str(&s->ev[off & EV_VAR_MASK], STR_MAX, (void *)ptr);
+    if (n <= 1)
+        return 0;
+    n -= 1;
+    opaque(n);
+    s->len = off + (n & STR_MASK);
+    return n & STR_MASK;
+}
+
+/* A file slot from a struct file: true path, inode identity. */
+static __always_inline void slot_file(struct scratch *s, struct file_info *fi, u64 task, u64 file)
+{
+    fi->str_len = 0;
+    fi->path_len = 0;
+    if (!file) {
+        fi->path_flags = PF_UNRESOLVED;
+        return;
+    }
+    u64 dentry = rd64(file + O_FILE_PATH_DENTRY);
+    u64 vfsmnt = rd64(file + O_FILE_PATH_MNT);
+    fill_inode(fi, rd64(dentry + O_DENTRY_INODE));
+    u32 flags = walk(s, dentry, vfsmnt, task);
+    if (!rd64(dentry + O_DENTRY_HASH_PPREV) && rd64(dentry + O_DENTRY_PARENT) != dentry)
+        flags |= PF_DELETED;                          /* d_unhashed: unlinked while open */
+    fi->path_flags = flags;
+    fi->path_len = append_walk(s);
+}
+
+/* A file slot from a path string the caller passed (no fd yet, or gone): the caller's string, plus
+ * the true path of the directory it is relative to (dirfd or cwd) when it is relative. Userspace
+ * joins and canonicalises them and clears PF_UNRESOLVED when it can (paths.py). */
+static __always_inline void slot_user_path(struct scratch *s, struct file_info *fi, u64 task, s64 dfd, u64 uptr)
+{
+    u32 off = s->len;
+    fi->path_len = 0;
+    fi->path_flags = PF_UNRESOLVED;
+    fi->str_len = append_str(s, uptr, 1);
+    if (fi->str_len && s->ev[off & EV_VAR_MASK] == '/')
+        return;                                       /* absolute: relative to the process root */
+    u64 dentry, vfsmnt;
+    if ((int)dfd == AT_FDCWD_) {
+        u64 fs = rd64(task + O_TASK_FS);
+        vfsmnt = rd64(fs + O_FS_PWD + O_PATH_MNT);
+        dentry = rd64(fs + O_FS_PWD + O_PATH_DENTRY);
+    } else {
+        u64 file = fd_file(task, (int)dfd);
+        if (!file)
+            return;
+        vfsmnt = rd64(file + O_FILE_PATH_MNT);
+        dentry = rd64(file + O_FILE_PATH_DENTRY);
+    }
+    fi->path_flags |= walk(s, dentry, vfsmnt, task);
+    fi->path_len = append_walk(s);
+}
+
+/* --------------------------------------------------------------------------- sys_enter / sys_exit */
+/* Save a syscall's arguments for its sys_exit. Counts `seen` (and `filtered` for ignored callers). */
+static __always_inline int stash(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
+{
+    u64 task = bpf_get_current_task();
+    u64 id = bpf_get_current_pid_tgid();
+    tally(kind, C_SEEN);
+    if (ignored(task, id >> 32)) {
+        tally(kind, C_FILTERED);
+        return 0;
+    }
+    struct inflight in = {};
+    in.sc = sc;
+    in.a[0] = a0;
+    in.a[1] = a1;
+    in.a[2] = a2;
+    in.a[3] = a3;
+    in.a[4] = a4;
+    in.a[5] = a5;
+    u32 tid = (u32)id;
+    inflight.update(&tid, &in);
+    return 0;
+}
+
+/* The saved arguments of the current thread's syscall (copied, then forgotten). */
+static __always_inline int unstash(struct inflight *out)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *in = inflight.lookup(&tid);
+    if (!in)
+        return 0;
+    __builtin_memcpy(out, in, sizeof(*out));
+    inflight.delete(&tid);
+    return 1;
+}
+
+#endif /* FIMSTREAM_H */

@@ -1,0 +1,90 @@
+"""What a sensor's decoder makes of one ring-buffer record: a small slotted object, not a dict, because
+it is built for every event. The encoder (encoder.py) turns it into RawEvent Avro bytes; `to_record`
+gives the dict form for tests and debugging."""
+from __future__ import annotations
+
+from fimstream.collector import records as R
+
+EVENT_TYPES = ("unknown", "open", "create", "write", "truncate", "unlink", "rmdir", "rename", "chmod", "chown",
+               "link", "symlink", "mkdir", "mknod", "mount", "umount", "setxattr", "mmap", "memfd_create",
+               "exec", "fork", "exit", "connect", "accept", "bind",
+               "setuid", "setgid", "setgroups", "capset", "unshare", "setns",
+               "enforcement", "loss")
+TYPE_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
+
+
+class FileRef:
+    __slots__ = ("path", "flags", "dev", "ino", "nlink", "mode", "uid", "gid", "key")
+
+    def __init__(self, path: bytes, flags: int = 0, dev: int = 0, ino: int = 0, nlink: int = 0, mode: int = 0,
+                 uid: int = 0, gid: int = 0, key: bytes | None = None):
+        self.path = path
+        self.flags = flags
+        self.dev = dev
+        self.ino = ino
+        self.nlink = nlink
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.key = key  # raw record bytes identifying this exact slot: the encoder caches by it
+
+    def set_stat(self, st) -> None:
+        self.dev, self.ino, self.nlink = st.st_dev, st.st_ino, st.st_nlink
+        self.mode, self.uid, self.gid = st.st_mode, st.st_uid, st.st_gid
+
+    def to_record(self) -> dict:
+        return {"path": self.path, "path_flags": self.flags, "dev": self.dev, "ino": self.ino, "nlink": self.nlink,
+                "mode": self.mode, "uid": self.uid, "gid": self.gid}
+
+    def __repr__(self) -> str:
+        return f"FileRef({self.path!r}, flags={self.flags}, ino={self.ino})"
+
+
+class ExecInfo:
+    __slots__ = ("exe", "exe_ino", "exe_dev", "args", "args_truncated", "filename")
+
+    def __init__(self, exe: bytes, exe_ino: int, exe_dev: int, args: list[bytes], args_truncated: bool,
+                 filename: bytes):
+        self.exe, self.exe_ino, self.exe_dev = exe, exe_ino, exe_dev
+        self.args, self.args_truncated, self.filename = args, args_truncated, filename
+
+
+class Event:
+    __slots__ = ("kind", "type", "syscall", "hdr", "sig", "retval", "file", "target", "flags", "mode",
+                 "owner_uid", "owner_gid", "exit_code", "attrs", "exec", "child_pid", "child_start")
+
+    def __init__(self, kind: int, etype: int, syscall: str, hdr: tuple, sig: bytes):
+        self.kind = kind
+        self.type = etype  # index into EVENT_TYPES
+        self.syscall = syscall
+        self.hdr = hdr  # records.HEADER tuple
+        self.sig = sig  # header bytes 24..92: the thread's process context
+        self.retval = hdr[H_RETVAL]
+        self.file: FileRef | None = None
+        self.target: FileRef | None = None
+        self.flags = 0
+        self.mode = 0
+        self.owner_uid = -1
+        self.owner_gid = -1
+        self.exit_code = 0
+        self.attrs: dict[str, str] | None = None
+        self.exec: ExecInfo | None = None
+        self.child_pid = 0
+        self.child_start = 0
+
+    @property
+    def pid(self) -> int:
+        return self.hdr[H_PID]
+
+    @property
+    def type_name(self) -> str:
+        return EVENT_TYPES[self.type]
+
+    def __repr__(self) -> str:
+        return f"Event({self.type_name}, {self.syscall}, pid={self.pid}, file={self.file}, target={self.target})"
+
+
+# indexes into the records.HEADER tuple
+(H_KIND, H_HFLAGS, H_RESERVED, H_KTIME, H_RETVAL, H_START, H_CGROUP, H_PID, H_TID, H_PPID, H_UID, H_GID,
+ H_EUID, H_EGID, H_AUID, H_SESSION, H_COMM) = range(17)
+assert len(R.HEADER.unpack(bytes(R.HEADER_SIZE))) == 17

@@ -1,0 +1,150 @@
+"""File sensor, userspace half: decodes bpf/file_sensor.c's records (open/create, unlink/rmdir, rename,
+chmod, chown) into Events, resolving caller strings where the kernel could not (paths.py)."""
+from __future__ import annotations
+
+import errno
+import os
+
+from fimstream.collector import records as R
+from fimstream.collector.event import TYPE_INDEX, Event, FileRef
+from fimstream.collector.paths import Resolver
+from fimstream.collector.sensor import Sensor
+
+FMODE_CREATED = 1 << 20  # file->f_mode: the open created the file (stable since 4.19; see the test)
+O_NOFOLLOW = 0o400000
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+RENAME_EXCHANGE = 2
+T_OPEN, T_CREATE, T_UNLINK, T_RMDIR, T_RENAME, T_CHMOD, T_CHOWN = (
+    TYPE_INDEX[n] for n in ("open", "create", "unlink", "rmdir", "rename", "chmod", "chown"))
+_HDR = R.HEADER.unpack_from
+_FI = R.FILE_INFO.unpack_from
+_FI_SIZE = R.FILE_INFO.size
+_to_st_dev = R.kernel_dev_to_st_dev
+_SIG0, _SIG1 = R.SIG_START, R.SIG_END
+_BODY = R.HEADER_SIZE
+
+
+class SlotReader:
+    """Reads file_info slots (struct file_info + its variable bytes) out of a record."""
+
+    def __init__(self, resolver: Resolver):
+        self.resolver = resolver
+
+    def slot(self, data, fi_off: int, var: int, pid: int, follow_last: bool) -> tuple[FileRef, bytes | None, int]:
+        """Returns (file, root prefix to stat it through or None, offset after the slot's bytes)."""
+        ino, dev, nlink, uid, gid, mode, pflags, str_len, path_len = _FI(data, fi_off)
+        if not str_len and not pflags & R.PF_UNRESOLVED:  # walked from a struct file: the kernel's truth
+            end = var + path_len
+            path = bytes(data[var:end])
+            key = bytes(data[fi_off:fi_off + _FI_SIZE]) + path
+            return FileRef(path, pflags, _to_st_dev(dev), ino, nlink, mode, uid, gid, key), None, end
+        name = bytes(data[var:var + str_len])
+        var += str_len
+        base = bytes(data[var:var + path_len])
+        path, flags, root = self.resolver.resolve(pid, base, pflags, name, follow_last)
+        return FileRef(path, flags), root, var + path_len
+
+
+def stat_into(f: FileRef, root: bytes | None, follow: bool) -> bool:
+    """Identity of a path-string file, read after the syscall (racy; fd-based events never need it)."""
+    if root is None or f.flags & R.PF_UNRESOLVED:
+        return False
+    try:
+        st = os.stat(root + f.path) if follow else os.lstat(root + f.path)
+    except OSError:
+        return False
+    f.set_stat(st)
+    return True
+
+
+class FileSensor(Sensor):
+    name = "file"
+    source = "file_sensor.c"
+
+    def __init__(self, resolver: Resolver):
+        super().__init__()
+        self.slots = SlotReader(resolver)
+        self.decoders = {R.RK_OPEN: self.decode_open, R.RK_UNLINK: self.decode_unlink,
+                         R.RK_RENAME: self.decode_rename, R.RK_CHMOD: self.decode_chmod,
+                         R.RK_CHOWN: self.decode_chown}
+
+    @staticmethod
+    def _event(data, off: int, kind: int, etype: int, sc: int) -> Event:
+        hdr = _HDR(data, off)
+        return Event(kind, etype, R.SYSCALL_NAMES.get(sc, str(sc)), hdr, bytes(data[off + _SIG0:off + _SIG1]))
+
+    def decode_open(self, data, off: int, length: int) -> Event:
+        body = off + _BODY
+        sc, dfd, flags, mode, resolve, fmode, _ = R.OPEN_BODY.unpack_from(data, body)
+        ev = self._event(data, off, R.RK_OPEN, T_CREATE if fmode & FMODE_CREATED else T_OPEN, sc)
+        fi = body + R.OPEN_BODY.size
+        follow = not flags & O_NOFOLLOW
+        ev.file, root, _ = self.slots.slot(data, fi, fi + _FI_SIZE, ev.hdr[7], follow)
+        if ev.retval < 0 and ev.retval != -errno.ENOENT:
+            stat_into(ev.file, root, follow)  # e.g. EACCES: the file exists, say which one
+        ev.flags = flags
+        ev.mode = mode
+        if resolve:
+            ev.attrs = {"resolve": hex(resolve)}
+        return ev
+
+    def decode_unlink(self, data, off: int, length: int) -> Event:
+        body = off + _BODY
+        sc, dfd, flags, _ = R.UNLINK_BODY.unpack_from(data, body)
+        ev = self._event(data, off, R.RK_UNLINK, T_RMDIR if flags & AT_REMOVEDIR else T_UNLINK, sc)
+        fi = body + R.UNLINK_BODY.size
+        ev.file, root, _ = self.slots.slot(data, fi, fi + _FI_SIZE, ev.hdr[7], False)
+        if ev.retval < 0:
+            stat_into(ev.file, root, False)
+        ev.flags = flags
+        return ev
+
+    def decode_rename(self, data, off: int, length: int) -> Event:
+        body = off + _BODY
+        sc, flags, olddfd, newdfd = R.RENAME_BODY.unpack_from(data, body)
+        ev = self._event(data, off, R.RK_RENAME, T_RENAME, sc)
+        src_fi = body + R.RENAME_BODY.size
+        dst_fi = src_fi + _FI_SIZE
+        pid = ev.hdr[7]
+        ev.file, src_root, var = self.slots.slot(data, src_fi, dst_fi + _FI_SIZE, pid, False)
+        ev.target, dst_root, _ = self.slots.slot(data, dst_fi, var, pid, False)
+        if ev.retval == 0 and not flags & RENAME_EXCHANGE:
+            if stat_into(ev.target, dst_root, False):  # the renamed inode now lives at the destination
+                _copy_identity(ev.file, ev.target)
+        else:
+            stat_into(ev.file, src_root, False)
+            stat_into(ev.target, dst_root, False)
+        ev.flags = flags
+        return ev
+
+    def decode_chmod(self, data, off: int, length: int) -> Event:
+        body = off + _BODY
+        sc, dfd, mode, flags = R.CHMOD_BODY.unpack_from(data, body)
+        ev = self._event(data, off, R.RK_CHMOD, T_CHMOD, sc)
+        fi = body + R.CHMOD_BODY.size
+        follow = not flags & AT_SYMLINK_NOFOLLOW
+        ev.file, root, _ = self.slots.slot(data, fi, fi + _FI_SIZE, ev.hdr[7], follow)
+        if ev.file.key is None:
+            stat_into(ev.file, root, follow)
+        ev.mode = mode
+        ev.flags = flags
+        return ev
+
+    def decode_chown(self, data, off: int, length: int) -> Event:
+        body = off + _BODY
+        sc, dfd, uid, gid, flags, _ = R.CHOWN_BODY.unpack_from(data, body)
+        ev = self._event(data, off, R.RK_CHOWN, T_CHOWN, sc)
+        fi = body + R.CHOWN_BODY.size
+        follow = not flags & AT_SYMLINK_NOFOLLOW
+        ev.file, root, _ = self.slots.slot(data, fi, fi + _FI_SIZE, ev.hdr[7], follow)
+        if ev.file.key is None:
+            stat_into(ev.file, root, follow)
+        ev.owner_uid = -1 if uid == 0xFFFFFFFF else uid
+        ev.owner_gid = -1 if gid == 0xFFFFFFFF else gid
+        ev.flags = flags
+        return ev
+
+
+def _copy_identity(dst: FileRef, src: FileRef) -> None:
+    dst.dev, dst.ino, dst.nlink, dst.mode, dst.uid, dst.gid = src.dev, src.ino, src.nlink, src.mode, src.uid, src.gid

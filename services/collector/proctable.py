@@ -1,0 +1,274 @@
+"""The process cache: pid -> what the kernel header does not carry (exe, args, cgroup path, container id,
+ancestry). Seeded from /proc at start so processes older than the collector have context, then kept
+current by the process sensor's exec/fork/exit records (Tetragon's procfs seeding + execve map idea).
+
+Kernel records already carry pid/tid/ppid/uids/loginuid/session/comm/cgroup id/start time for every
+event, so the cache only adds the slow-changing part. Entries of exited processes stay a while (their
+children may still name them as ancestors, late records may still arrive), then are swept.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+from fimstream.collector import records as R
+from fimstream.collector.event import H_AUID, H_COMM, H_EGID, H_EUID, H_GID, H_PPID, H_SESSION, H_START, H_UID
+
+try:
+    from fimstream.containers import parse_cgroup
+except ImportError:  # the containers module is optional: key by host without it
+    parse_cgroup = None
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TICK_NS = 1_000_000_000 // CLK_TCK
+ARGS_MAX = R.ARGS_MAX  # same bound as the kernel side
+ANCESTORS_MAX = 8
+KEEP_EXITED_S = 30.0
+
+
+class ProcInfo:
+    __slots__ = ("pid", "ppid", "start_ns", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm", "exe",
+                 "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "container_id", "root_shared",
+                 "blocks", "exited_at", "source")
+
+    def __init__(self, pid: int, ppid: int = 0, start_ns: int = 0):
+        self.pid = pid
+        self.ppid = ppid
+        self.start_ns = start_ns
+        self.uid = self.gid = self.euid = self.egid = 0
+        self.auid = self.sessionid = 0xFFFFFFFF
+        self.comm = b""
+        self.exe = b""
+        self.exe_ino = self.exe_dev = 0
+        self.args: list[bytes] = []
+        self.args_truncated = False
+        self.cgroup = b""
+        self.container_id = ""
+        self.root_shared: bool | None = None  # same root and mount namespace as the collector
+        self.blocks: dict[bytes, bytes] = {}  # header signature -> encoded Process block (encoder.py)
+        self.exited_at = 0.0
+        self.source = ""  # "proc" (seeded), "exec", "fork", "header" (only what a record said)
+
+    def inherit(self, parent: "ProcInfo") -> None:
+        for name in ("exe", "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "container_id",
+                     "root_shared", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm"):
+            setattr(self, name, getattr(parent, name))
+
+    def __repr__(self) -> str:
+        return f"ProcInfo(pid={self.pid}, ppid={self.ppid}, exe={self.exe!r}, source={self.source})"
+
+
+def split_args(raw: bytes, limit: int = ARGS_MAX) -> tuple[list[bytes], bool]:
+    truncated = len(raw) > limit
+    raw = raw[:limit]
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return (raw.split(b"\0") if raw else []), truncated
+
+
+def pick_cgroup(text: bytes) -> bytes:
+    """The cgroup path the schema stores: the v2 path, else the v1 pids or memory hierarchy."""
+    v2 = v1 = b""
+    for line in text.splitlines():
+        hid, _, rest = line.partition(b":")
+        controllers, _, path = rest.partition(b":")
+        if hid == b"0" and not controllers:
+            v2 = path
+        elif not v1 and (b"pids" in controllers.split(b",") or b"memory" in controllers.split(b",")):
+            v1 = path
+    if v2 and v2 != b"/":
+        return v2
+    return v1 or v2
+
+
+class ProcTable:
+    def __init__(self, proc: str = "/proc"):
+        self.proc = proc
+        self.procs: dict[int, ProcInfo] = {}
+        self._self_root = self._root_key("self")
+        self.stats = {"seeded": 0, "loaded": 0, "from_header": 0, "reused_pids": 0, "swept": 0}
+
+    # -------------------------------------------------------------------------------- /proc
+    def _read(self, pid: int | str, name: str) -> bytes:
+        with open(f"{self.proc}/{pid}/{name}", "rb") as f:
+            return f.read()
+
+    def _root_key(self, pid: int | str) -> tuple | None:
+        try:
+            st = os.stat(f"{self.proc}/{pid}/root")
+            return st.st_dev, st.st_ino, os.readlink(f"{self.proc}/{pid}/ns/mnt")
+        except OSError:
+            return None
+
+    def read_proc(self, pid: int) -> ProcInfo | None:
+        """Everything /proc knows about a live process (None when it is gone)."""
+        try:
+            stat = self._read(pid, "stat")
+            status = self._read(pid, "status")
+        except OSError:
+            return None
+        lp, rp = stat.index(b"("), stat.rindex(b")")
+        fields = stat[rp + 2:].split()
+        info = ProcInfo(pid, int(fields[1]), int(fields[19]) * TICK_NS)
+        info.comm = stat[lp + 1:rp]
+        for line in status.splitlines():
+            if line.startswith(b"Uid:"):
+                info.uid, info.euid = (int(x) for x in line.split()[1:3])
+            elif line.startswith(b"Gid:"):
+                info.gid, info.egid = (int(x) for x in line.split()[1:3])
+        for name, attr in (("loginuid", "auid"), ("sessionid", "sessionid")):
+            try:
+                setattr(info, attr, int(self._read(pid, name)))
+            except (OSError, ValueError):
+                pass
+        try:
+            info.exe = os.readlink(f"{self.proc}/{pid}/exe".encode())
+            st = os.stat(f"{self.proc}/{pid}/exe")
+            info.exe_ino, info.exe_dev = st.st_ino, st.st_dev
+        except OSError:
+            pass  # kernel thread, or a process that is exiting
+        if info.exe.endswith(b" (deleted)"):
+            info.exe = info.exe[:-10]
+        try:
+            info.args, info.args_truncated = split_args(self._read(pid, "cmdline"))
+        except OSError:
+            pass
+        self._read_cgroup(info)
+        key = self._root_key(pid)
+        info.root_shared = None if key is None else key == self._self_root
+        info.source = "proc"
+        return info
+
+    def _read_cgroup(self, info: ProcInfo) -> bool:
+        try:
+            text = self._read(info.pid, "cgroup")
+        except OSError:
+            return False
+        info.cgroup = pick_cgroup(text)
+        if parse_cgroup is not None:
+            info.container_id = parse_cgroup(text).container_id
+        return True
+
+    def seed(self) -> int:
+        n = 0
+        for pid in self._pids():
+            info = self.read_proc(pid)
+            if info is not None:
+                self.procs[pid] = info
+                n += 1
+        self.stats["seeded"] = n
+        return n
+
+    def _pids(self) -> Iterator[int]:
+        for name in os.listdir(self.proc):
+            if name.isdigit():
+                yield int(name)
+
+    # -------------------------------------------------------------------------------- lookups
+    def get(self, pid: int, hdr: tuple | None = None) -> ProcInfo:
+        """The cache entry of pid, loading it from /proc (or the record header) on a miss, and replacing it
+        when the header's start time says the pid was reused."""
+        info = self.procs.get(pid)
+        if info is not None and hdr is not None and not self._same_process(info, hdr[H_START]):
+            self.stats["reused_pids"] += 1
+            info = None
+        if info is None:
+            info = self.read_proc(pid)
+            if info is None or (hdr is not None and not self._same_process(info, hdr[H_START])):
+                info = self._from_header(pid, hdr)
+                self.stats["from_header"] += 1
+            else:
+                self.stats["loaded"] += 1
+            self.procs[pid] = info
+        return info
+
+    @staticmethod
+    def _same_process(info: ProcInfo, start_ns: int) -> bool:
+        if info.start_ns == start_ns or not start_ns:
+            return True
+        if info.source == "proc" and abs(info.start_ns - start_ns) < 2 * TICK_NS:
+            info.start_ns = start_ns  # /proc's clock ticks, now known to the nanosecond
+            info.source = "proc+"
+            return True
+        return False
+
+    def _from_header(self, pid: int, hdr: tuple | None) -> ProcInfo:
+        info = ProcInfo(pid)
+        if hdr is not None:
+            info.ppid, info.start_ns = hdr[H_PPID], hdr[H_START]
+            info.uid, info.gid, info.euid, info.egid = hdr[H_UID], hdr[H_GID], hdr[H_EUID], hdr[H_EGID]
+            info.auid, info.sessionid = hdr[H_AUID], hdr[H_SESSION]
+            info.comm = hdr[H_COMM].split(b"\0", 1)[0]
+            parent = self.procs.get(info.ppid)
+            if parent is not None:  # best guess for what a record cannot say
+                info.cgroup, info.container_id, info.root_shared = parent.cgroup, parent.container_id, parent.root_shared
+        info.source = "header"
+        return info
+
+    def root_of(self, pid: int) -> bytes | None:
+        """Root prefix for path resolution once /proc/<pid> is gone: ours if it shared our root."""
+        info = self.procs.get(pid)
+        if info is not None and info.root_shared:
+            return b""
+        return None
+
+    def ancestors(self, info: ProcInfo) -> list[ProcInfo]:
+        out = []
+        seen = {info.pid}
+        ppid = info.ppid
+        while ppid and ppid not in seen and len(out) < ANCESTORS_MAX:
+            parent = self.procs.get(ppid)
+            if parent is None:
+                parent = self.read_proc(ppid)
+                if parent is None:
+                    break
+                self.procs[ppid] = parent
+            out.append(parent)
+            seen.add(ppid)
+            ppid = parent.ppid
+        return out
+
+    # ------------------------------------------------------------------------------ updates
+    def on_fork(self, parent_pid: int, hdr: tuple, child_pid: int, child_start: int) -> ProcInfo:
+        parent = self.get(parent_pid, hdr)
+        child = ProcInfo(child_pid, parent_pid, child_start)
+        child.inherit(parent)
+        child.source = "fork"
+        self.procs[child_pid] = child
+        return child
+
+    def on_exec(self, pid: int, hdr: tuple, exe: bytes, exe_ino: int, exe_dev: int, args: list[bytes],
+                args_truncated: bool) -> ProcInfo:
+        old = self.procs.get(pid)
+        info = ProcInfo(pid, hdr[H_PPID], hdr[H_START])
+        if old is not None:
+            info.cgroup, info.container_id, info.root_shared = old.cgroup, old.container_id, old.root_shared
+        info.uid, info.gid, info.euid, info.egid = hdr[H_UID], hdr[H_GID], hdr[H_EUID], hdr[H_EGID]
+        info.auid, info.sessionid = hdr[H_AUID], hdr[H_SESSION]
+        info.comm = hdr[H_COMM].split(b"\0", 1)[0]
+        info.exe, info.exe_ino, info.exe_dev = exe, exe_ino, exe_dev
+        info.args, info.args_truncated = args, args_truncated
+        self._read_cgroup(info)  # runtimes move a process into its container's cgroup before exec
+        if info.root_shared is None:
+            key = self._root_key(pid)
+            info.root_shared = None if key is None else key == self._self_root
+        info.source = "exec"
+        self.procs[pid] = info  # a new object: Process blocks cached on the old one are dropped with it
+        return info
+
+    def on_exit(self, pid: int) -> None:
+        info = self.procs.get(pid)
+        if info is not None:
+            info.exited_at = time.monotonic()
+
+    def sweep(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        gone = [pid for pid, info in self.procs.items() if info.exited_at and now - info.exited_at > KEEP_EXITED_S]
+        for pid in gone:
+            del self.procs[pid]
+        self.stats["swept"] += len(gone)
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self.procs)

@@ -1,0 +1,102 @@
+"""Compiles the enabled sensors into one bcc module and loads them, each as a unit.
+
+Offsets come from BTF (offsets.py), constants from records.py; both go in as -D macros, so nothing is
+read through the installed (wrong) kernel headers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from importlib import resources
+from typing import Iterable
+
+from fimstream.collector import offsets as offsets_mod
+from fimstream.collector import records
+from fimstream.collector.sensor import Sensor, SensorError, bpf_source
+
+log = logging.getLogger(__name__)
+
+
+def _bpf_dir() -> str:
+    return str(resources.files("fimstream.bpf"))
+
+
+class Program:
+    def __init__(self, sensors: Iterable[Sensor], *, ringbuf_bytes: int = 32 << 20, max_depth: int = records.MAX_DEPTH,
+                 offset_overrides: dict[str, int] | None = None, require_all: bool = True):
+        from bcc import BPF
+
+        self.sensors = list(sensors)
+        self.ringbuf_bytes = ringbuf_bytes
+        self.offsets = offsets_mod.compute(overrides=offset_overrides)
+        defines = {**records.c_defines(max_depth=max_depth, ringbuf_bytes=ringbuf_bytes), **self.offsets}
+        cflags = [f"-D{k}={v}" for k, v in sorted(defines.items())]
+        cflags += [f"-I{_bpf_dir()}", "-Wno-unused-function", "-Wno-macro-redefined"]
+        # Everything is pasted into the main file: bcc rewrites map calls (`events.ringbuf_output`) and
+        # inserts the tracepoint `args` structs in the main file only; in an #included file they stay
+        # unrewritten (the verifier then sees "unknown opcode 8d") or incomplete.
+        text = "".join(f"{bpf_source(name)}\n" for name in ["fimstream.h", *(s.source for s in self.sensors)])
+        t0 = time.monotonic()
+        self.bpf = BPF(text=text.encode(), cflags=cflags)
+        self.compile_seconds = time.monotonic() - t0
+        self.failed: dict[str, str] = {}
+        for sensor in self.sensors:
+            try:
+                sensor.load(self.bpf)
+            except SensorError as e:
+                if require_all:
+                    self.close()
+                    raise
+                log.error("%s", e)
+                self.failed[sensor.name] = str(e)
+        self.events_fd = self.bpf[b"events"].map_fd
+        self.ignore_pids = self.bpf[b"ignore_pids"]
+        self.counters = self.bpf[b"counters"]
+
+    @property
+    def loaded(self) -> list[Sensor]:
+        return [s for s in self.sensors if s.loaded]
+
+    # ------------------------------------------------------------------------------- ignore list
+    def set_ignored(self, pids: Iterable[int]) -> None:
+        """Make the kernel map equal to `pids` (tgids whose events are dropped in the kernel)."""
+        import ctypes as ct
+
+        want = {int(p) for p in pids}
+        have = {k.value for k in self.ignore_pids.keys()}
+        for pid in have - want:
+            try:
+                del self.ignore_pids[ct.c_uint32(pid)]
+            except KeyError:
+                pass
+        for pid in want - have:
+            self.ignore_pids[ct.c_uint32(pid)] = ct.c_uint8(1)
+
+    # ---------------------------------------------------------------------------------- counters
+    def read_counters(self) -> dict[str, dict[str, int]]:
+        """Per record kind: seen/filtered/approved/discarded/emitted/lost, summed over CPUs."""
+        import ctypes as ct
+
+        out: dict[str, dict[str, int]] = {}
+        for kind, name in records.KIND_NAMES.items():
+            row = {}
+            for i, cname in enumerate(records.COUNTER_NAMES):
+                row[cname] = sum(self.counters[ct.c_int(kind * records.NCOUNTERS + i)])
+            out[name] = row
+        return out
+
+    def close(self) -> None:
+        for sensor in reversed(self.sensors):
+            if sensor.loaded:
+                sensor.unload(self.bpf)
+        self.bpf.cleanup()
+
+
+def possible_cpus() -> int:
+    try:
+        from bcc.utils import get_possible_cpus
+
+        return len(get_possible_cpus())
+    except Exception:
+        return os.cpu_count() or 1

@@ -1,0 +1,75 @@
+"""One loaded collector per test session (compiling and verifying the programs takes seconds), and a
+helper that runs real syscalls and returns the events they produced."""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import pytest
+
+from fimstream.collector.collector import Collector
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loads eBPF programs)")
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+def syscall(nr: int, *args) -> int:
+    """Raw syscall through libc (for variants Python's os module does not call). Returns -errno on error."""
+    ret = libc.syscall(ctypes.c_long(nr), *args)
+    return -ctypes.get_errno() if ret == -1 else ret
+
+
+class Capture:
+    def __init__(self, collector: Collector):
+        self.collector = collector
+
+    def __call__(self, action, pids: set[int] | None = None, children: bool = False, settle: float = 0.02):
+        """Run action(), then return the events of this process (and, with children, of its children)."""
+        c = self.collector
+        c.drain()
+        events = []
+        c.on_event = events.append
+        try:
+            result = action()
+            time.sleep(settle)
+            c.drain()
+        finally:
+            c.on_event = lambda ev: None
+        me = os.getpid()
+        wanted = pids or {me}
+        out = [e for e in events if e.pid in wanted or (children and e.hdr[9] in wanted)]
+        if children:  # grandchildren too (sh -c 'x' forks x)
+            kids = {e.child_pid for e in out if e.type_name == "fork"}
+            while True:
+                more = [e for e in events if e not in out and (e.pid in kids or e.hdr[9] in kids)]
+                if not more:
+                    break
+                out += more
+                kids |= {e.child_pid for e in more if e.type_name == "fork"}
+        self.result = result
+        return out
+
+
+@pytest.fixture(scope="session")
+def collector():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (loads eBPF programs)")
+    c = Collector()
+    c.start()
+    c.selfcheck()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def capture(collector) -> Capture:
+    return Capture(collector)
+
+
+def only(events, type_name: str, path: bytes | None = None):
+    """The single event of a type (and path), with a readable failure."""
+    found = [e for e in events if e.type_name == type_name and (path is None or (e.file and e.file.path == path))]
+    assert len(found) == 1, f"expected one {type_name} {path!r}, got {found} among {events}"
+    return found[0]
