@@ -47,6 +47,9 @@ class Resolution(NamedTuple):
 
 
 Listener = Callable[[Change], Any]
+_NOTHING = Resolution(None, False)
+_NOT_YET = Resolution(None, True)
+_new_tuple = tuple.__new__  # builds a Resolution in a third of NamedTuple's own __new__ time
 
 
 class _SharedMap(dict):
@@ -180,19 +183,20 @@ class MetadataCache:
         """What is known about a cgroup's container (see containers.parse_cgroup), and whether more may
         come: a pod uid not visible yet, a container not in its pod's status yet, or no list yet."""
         if self.mode != "kubernetes":
-            return Resolution(None, False)
-        if ref.container_id:
-            ctx = self._by_container.get(ref.container_id)
+            return _NOTHING
+        container_id, pod_uid = ref.container_id, ref.pod_uid
+        if container_id:
+            ctx = self._by_container.get(container_id)
             if ctx is not None:
-                return Resolution(ctx, False)
-        if ref.pod_uid is None:
+                return _new_tuple(Resolution, (ctx, False))
+        if pod_uid is None:
             # Not a kubepods cgroup; only a watch that has not listed yet could still know the id.
-            return Resolution(None, bool(ref.container_id) and not self.synced)
-        ctx = self._by_pod.get(ref.pod_uid)
+            return _NOT_YET if container_id and not self.synced else _NOTHING
+        ctx = self._by_pod.get(pod_uid)
         if ctx is not None:
             entry = self._pods.get(ctx.pod_uid)  # (a static pod's cgroup uid differs from its API uid)
-            return Resolution(ctx, bool(ref.container_id) and entry is not None and not entry.deleted_at)
-        return Resolution(None, ref.pod_uid not in self._gone)
+            return _new_tuple(Resolution, (ctx, bool(container_id) and entry is not None and not entry.deleted_at))
+        return _NOTHING if pod_uid in self._gone else _NOT_YET
 
     def wait_for(self, ref: ContainerRef, timeout: float) -> Resolution:
         """resolve(), waiting up to `timeout` while the answer is pending (for tools and tests; the
