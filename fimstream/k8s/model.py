@@ -49,6 +49,16 @@ class K8sContext:
             "service_account": self.service_account,
         }
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, JSON-serializable (e.g. a Faust table value); from_dict() restores it."""
+        out = self.record()
+        out["container_id"], out["runtime"] = self.container_id, self.runtime
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "K8sContext":
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
+
     def enrichment(self, container_id: str = "", runtime: str = "") -> dict[str, Any]:
         """A whole Enrichment record (enrich_status "kubernetes") for an event of this container.
 

@@ -1,6 +1,8 @@
 """Parsing API objects into the compact records the cache keeps (pure functions, fixture objects)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fimstream.k8s.model import (AnnotationFilter, ContainerStatus, K8sContext, fallback_workload, parse_namespace,
@@ -88,3 +90,9 @@ def test_context_record_fields_follow_the_schema_order():
     assert pod_level.enrichment("abc", "cri-o")["container_id"] == "abc"
     record["k8s"]["labels"]["x"] = "y"  # records are copies: the shared labels stay untouched
     assert ctx.labels == {"a": "b"}
+
+
+def test_context_dict_round_trip():
+    ctx = K8sContext("ns", "pod", "uid", {"a": "b"}, {"x": "y"}, "c", "img", "node", "Job", "j", "sa", "id", "cri-o")
+    data = ctx.as_dict()
+    assert json.loads(json.dumps(data)) == data and K8sContext.from_dict(data) == ctx
