@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_run_broker)
 
+    from fimstream.cli_store import add_subparsers as add_store_commands
     from fimstream.rules.cli import add_subparsers as add_rules_commands
+    add_store_commands(sub, _common, settings_from)
     add_rules_commands(sub)
     return parser
 

@@ -43,7 +43,7 @@ def check(state_dir: Path, stages=STAGES) -> tuple[bool, list[dict]]:
         else:
             c = h.get("counters", {})
             lag = c.get("lag", 0)
-            last = c.get("last_message_time", 0) or h.get("started", now)
+            last = c.get("last_message_time") or h.get("info", {}).get("last_message_time") or h.get("started", now)
             if lag and now - last > STUCK_AFTER:
                 row.update(state="stuck", detail=f"{lag} messages waiting, no progress for {now - last:.0f}s")
             else:
