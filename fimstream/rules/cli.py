@@ -54,7 +54,8 @@ def cmd_lint(args) -> int:
         return 1
     for w in rs.warnings:
         print(f"{w} [warning]")
-    print(f"ok: {len(rs.rules)} rules ({len(rs.enabled_rules)} enabled) in {len(rs.files)} file(s)")
+    print(f"ok: {len(rs.rules)} rules ({len(rs.enabled_rules)} enabled), {len(rs.correlations)} correlations "
+          f"({len(rs.enabled_correlations)} enabled) in {len(rs.files)} file(s)")
     return 0
 
 
@@ -72,7 +73,8 @@ def cmd_test(args) -> int:
         if args.verbose or not c.ok:
             print(c)
     for rid, what in report.untested:
-        print(f"FAIL rule {rid} has no fixture with {what}")
+        kind = "correlation" if rid in rs.correlation_by_id else "rule"
+        print(f"FAIL {kind} {rid} has no fixture with {what}")
     passed = sum(c.ok for c in report.cases)
     print(f"{passed}/{len(report.cases)} cases passed, {len(report.untested)} rule(s) missing fixtures")
     return 0 if report.ok else 1
@@ -128,9 +130,36 @@ def cmd_explain(args) -> int:
     if policy.unresolved:
         from fimstream.schemas.codec import text
         print(f"exact paths not present now (approved by path only): {', '.join(map(text, policy.unresolved))}")
+    if rs.correlations:
+        print("\ncorrelations (run by the detector on rule matches; their step rules are filtered above):")
+        for c in rs.correlations:
+            print("  " + describe_correlation(c, rs))
     for w in rs.warnings:
         print(f"warning: {w}")
     return 0
+
+
+def describe_correlation(c, rs) -> str:
+    """One line: what a correlation waits for, with its `same` fields resolved per step type."""
+    from .correlations import format_duration, resolve_same
+    window = format_duration(c.window_ns)
+    if c.kind == "sequence":
+        steps = " then ".join(s if isinstance(s, str) else "(" + " or ".join(s) + ")" for s in c.steps)
+        what = f"{steps}"
+        if c.same_fields:
+            types = [(i, r, rs.by_id[r].event_types) for i, st in enumerate(c.step_sets, 1) for r in sorted(st)]
+            joins = []
+            for name in c.same_fields:
+                resolved, _ = resolve_same(name, types)
+                names = sorted({f.name for f in (resolved or {}).values()})
+                joins.append(f"{name} ({', '.join(names)})")
+            what += f", same {'; '.join(joins)}"
+    elif c.kind == "threshold":
+        what = f"{c.count} matches of {' or '.join(c.steps)}"
+    else:
+        what = f"rule scores adding up to {c.min_score:g}"
+    off = "" if c.enabled else " [disabled]"
+    return f"{c.id}: {what} within {window} per {c.by}{off}"
 
 
 def cmd_docs(args) -> int:

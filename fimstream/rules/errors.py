@@ -10,11 +10,12 @@ class Problem:
     line: int  # 1-based
     col: int  # 1-based
     message: str
-    rule_id: str | None = None
+    rule_id: str | None = None  # the rule (or correlation) the problem belongs to
+    what: str = "rule"  # rule | correlation
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}"
-        return f"{where}: {self.message}" + (f" (rule {self.rule_id})" if self.rule_id else "")
+        return f"{where}: {self.message}" + (f" ({self.what} {self.rule_id})" if self.rule_id else "")
 
 
 class RuleError(Exception):

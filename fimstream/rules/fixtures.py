@@ -11,9 +11,22 @@ A fixture file (rules/tests/*.yaml) is a list of cases:
         flags: O_WRONLY|O_TRUNC   # integers may be written as constant expressions
         process: {exe: /usr/bin/vim, comm: vim, uid: 0, ancestors: [{comm: sshd, exe: /usr/sbin/sshd}]}
 
+A correlation case lists events instead, run in order through the rules and the detector's correlation
+engine; `match` says whether the correlation must fire on any of them:
+
+    - correlation: dropper_executed
+      description: a binary dropped in /tmp and run 30 s later
+      events:
+        - {event_type: create, file: /tmp/.x}
+        - {at: 30s, event_type: exec, file: /tmp/.x}        # at: time from the first event
+        - {event_type: unlink, file: /var/log/a, repeat: 20, every: 2s}   # 20 copies, 2 s apart
+
+Event times start at a fixed instant; an event without `at` comes 1 s after the previous one. Events of a
+case share host, process and container unless they say otherwise.
+
 Events are completed with schema defaults and round-tripped through the EnrichedEvent Avro codec, so a
-fixture is exactly what the detector decodes. Every enabled rule needs at least one matching and one
-non-matching case.
+fixture is exactly what the detector decodes. Every enabled rule and correlation needs at least one
+matching and one non-matching case.
 """
 from __future__ import annotations
 
@@ -62,6 +75,8 @@ def _file(spec, what):
     return file_record(path, **spec)
 
 
+_T0 = 1_700_000_000 * 1_000_000_000  # correlation cases: event time of the first event
+_SECOND = 1_000_000_000
 _INT_TOP = ("flags", "mode", "owner_uid", "owner_gid", "retval", "exit_code", "time_ns")
 
 
@@ -171,12 +186,23 @@ def run_fixtures(ruleset: RuleSet, files) -> FixtureReport:
         for node in root.value if root.tag == "tag:yaml.org,2002:seq" else []:
             line = node.start_mark.line + 1
             case = loader.construct_object(node, deep=True)
-            rid = str(case.get("rule", "?"))
+            if not isinstance(case, dict):
+                report.cases.append(CaseResult(str(path), line, "?", True, None, error="expected a mapping"))
+                continue
             expected = bool(case.get("match", True))
+            if "correlation" in case:
+                cid = str(case["correlation"])
+                res = CaseResult(str(path), line, cid, expected, None, case.get("description", ""))
+                _run_correlation_case(ruleset, cid, case, res)
+                if cid in ruleset.correlation_by_id:
+                    seen.setdefault(cid, set()).add(expected)
+                report.cases.append(res)
+                continue
+            rid = str(case.get("rule", "?"))
             res = CaseResult(str(path), line, rid, expected, None, case.get("description", ""))
             rule = ruleset.by_id.get(rid)
             if rule is None:
-                res.error = f"unknown rule '{rid}'"
+                res.error = f"unknown rule '{rid}'" if "rule" in case else "expected `rule:` or `correlation:`"
             else:
                 try:
                     event = make_event(case.get("event") or {})
@@ -186,9 +212,46 @@ def run_fixtures(ruleset: RuleSet, files) -> FixtureReport:
                 seen.setdefault(rid, set()).add(expected)
             report.cases.append(res)
         loader.dispose()
-    for r in ruleset.enabled_rules:
-        kinds = seen.get(r.id, set())
+    for item in (*ruleset.enabled_rules, *ruleset.enabled_correlations):
+        kinds = seen.get(item.id, set())
         for want, label in ((True, "a matching case"), (False, "a non-matching look-alike")):
             if want not in kinds:
-                report.untested.append((r.id, label))
+                report.untested.append((item.id, label))
     return report
+
+
+def correlation_events(specs) -> list[dict]:
+    """The events of a correlation case, with their times (see the module doc: at, repeat, every)."""
+    if not isinstance(specs, list) or not specs:
+        raise ValueError("events: expected a list of events")
+    out, t = [], None
+    for spec in specs:
+        spec = dict(spec)
+        at = spec.pop("at", None)
+        repeat = _int(spec.pop("repeat", 1), "repeat")
+        every = _int(spec.pop("every", "1s"), "every")
+        t = _int(at, "at") if at is not None else (0 if t is None else t + _SECOND)
+        for i in range(repeat):
+            if i:
+                t += every
+            out.append(make_event(dict(spec, time_ns=_T0 + t)))
+    return out
+
+
+def _run_correlation_case(ruleset: RuleSet, cid: str, case: dict, res: CaseResult) -> None:
+    correlation = ruleset.correlation_by_id.get(cid)
+    if correlation is None:
+        res.error = f"unknown correlation '{cid}'"
+        return
+    from fimstream.detector.correlate import Correlator  # the engine the detector runs
+    try:
+        events = correlation_events(case.get("events"))
+    except Exception as e:  # a broken fixture is a failed case, not a crash
+        res.error = f"bad fixture events: {type(e).__name__}: {e}"
+        return
+    engine = Correlator([correlation])
+    res.got = False
+    for event in events:
+        for rule in ruleset.match(event):
+            if engine.observe(event, rule.id, rule.score):
+                res.got = True

@@ -33,7 +33,8 @@ class ReloadResult:
     def __str__(self) -> str:
         if not self.ok:
             return f"reload rejected, keeping {self.ruleset.version[:12]}:\n{self.error}"
-        return f"rules {self.ruleset.version[:12]} ({len(self.ruleset.rules)} rules)" + ("" if self.changed else " unchanged")
+        return (f"rules {self.ruleset.version[:12]} ({len(self.ruleset.rules)} rules, {len(self.ruleset.correlations)} "
+                f"correlations)" + ("" if self.changed else " unchanged"))
 
 
 class RuleSetHolder:

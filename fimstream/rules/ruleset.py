@@ -2,14 +2,17 @@
 
 A rule set is one or more YAML files (or a directory of *.yaml / *.yml). Top-level keys of a file:
 
-    lists:      {name: [values]}              # used as `field in name`; items may be {glob: ..} / {regex: ..}
-    macros:     {name: expression}            # used as a condition by name
-    rules:      [{id, expression, ...}]        # see RULE_KEYS
-    exceptions: [{rule | rules, when: {field: [values]} | expression, description}]
+    lists:        {name: [values]}            # used as `field in name`; items may be {glob: ..} / {regex: ..}
+    macros:       {name: expression}          # used as a condition by name
+    rules:        [{id, expression, ...}]      # see RULE_KEYS
+    exceptions:   [{rule | rules, when: {field: [values]} | expression, description}]
+    correlations: [{id, sequence | threshold | score, within, by, same, ...}]   # see correlations.py
 
 Lists and macros are shared by every file of the set. An exception silences its rule(s) when all of its
 `when` fields have one of the listed values (or when its expression holds): the rule is compiled as
 `rule && !(exception)`. A `when` value that is the name of a list stands for that list. Every problem found is reported at once (RuleError), with file:line:col.
+A rule whose actions are [signal] matches without alerting: it only feeds correlations (and risk scores).
+The rule-file format is documented in docs/rules.md.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from .syntax import Compare, ListLit, Lit, Name, parse
 from .yamlsrc import Source, YamlProblem, mapping_items, to_python
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-ACTIONS = ("alert", "kill", "deny", "hash")
+ACTIONS = ("alert", "kill", "deny", "hash", "signal")  # signal: no alert of its own, feeds correlations
 RULE_KEYS = {"id", "description", "expression", "severity", "tags", "actions", "scope", "score", "enabled",
              "message", "version"}
 EXCEPTION_KEYS = {"rule", "rules", "when", "expression", "description"}
@@ -81,16 +84,25 @@ class Rule:
     def source(self) -> str:
         return f"{self.file}:{self.line}"
 
+    @property
+    def signal_only(self) -> bool:
+        """actions: [signal]: the rule's matches feed correlations and scores but raise no alert."""
+        return "signal" in self.actions
+
 
 # ------------------------------------------------------------------------------------------ RuleSet
 class RuleSet:
     """Compiled rules. `match(event)` returns the enabled rules an event matches, in file order.
 
     Each event type has one generated Python function holding every rule of that type, so an event only
-    meets rules of its own type and nothing is interpreted per event."""
+    meets rules of its own type and nothing is interpreted per event. `correlations` are the stateful
+    detections of the same files (fimstream.rules.correlations.Correlation), run by the detector."""
 
-    def __init__(self, rules: list[Rule], files: list[str], warnings: list[Problem], digest: str):
+    def __init__(self, rules: list[Rule], files: list[str], warnings: list[Problem], digest: str,
+                 correlations: Iterable = ()):
         self.rules = tuple(rules)
+        self.correlations = tuple(correlations)
+        self.correlation_by_id = {c.id: c for c in self.correlations}
         self.files = tuple(files)
         self.warnings = tuple(warnings)
         self.version = digest  # content hash of every file: equal sets have equal versions
@@ -111,6 +123,10 @@ class RuleSet:
     def enabled_rules(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.enabled)
 
+    @property
+    def enabled_correlations(self) -> tuple:
+        return tuple(c for c in self.correlations if c.enabled)
+
     # approvers.py adds kernel_policy() and can_discard(); kept there so this module stays about matching
     def kernel_policy(self, resolve_inodes: bool = True):
         from .approvers import kernel_policy
@@ -122,7 +138,7 @@ class RuleSet:
         return can_discard(self, event_type, directory=directory, path=path)
 
     def __repr__(self) -> str:
-        return f"RuleSet({len(self.rules)} rules, version {self.version[:12]})"
+        return f"RuleSet({len(self.rules)} rules, {len(self.correlations)} correlations, version {self.version[:12]})"
 
 
 def _no_rules(event):
@@ -223,6 +239,7 @@ class _Builder:
         self.warnings: list[Problem] = []
         self.env = Env()
         self.rule_defs: list[tuple[Source, object]] = []
+        self.correlation_defs: list = []
         self.exceptions: list[_ExceptionDef] = []
         self.macro_where: dict[str, tuple] = {}
 
@@ -240,13 +257,14 @@ class _Builder:
         if root is None:
             return  # empty file
         if root.tag != "tag:yaml.org,2002:map":
-            self.problem(src, root, "expected a mapping with keys lists, macros, rules, exceptions")
+            self.problem(src, root, "expected a mapping with keys lists, macros, rules, exceptions, correlations")
             return
         for key, knode, value in mapping_items(root):
             handler = {"lists": self.add_lists, "macros": self.add_macros, "rules": self.add_rules,
-                       "exceptions": self.add_exceptions}.get(key)
+                       "exceptions": self.add_exceptions, "correlations": self.add_correlations}.get(key)
             if handler is None:
-                self.problem(src, knode, f"unknown top-level key '{key}': expected lists, macros, rules or exceptions")
+                self.problem(src, knode, f"unknown top-level key '{key}': expected lists, macros, rules, exceptions "
+                                         "or correlations")
                 continue
             handler(src, value)
 
@@ -332,6 +350,17 @@ class _Builder:
                 self.problem(src, item, "expected a rule: a mapping with id, expression, ...")
                 continue
             self.rule_defs.append((src, item))
+
+    def add_correlations(self, src, node):
+        from .correlations import _Def
+        if node.tag != "tag:yaml.org,2002:seq":
+            self.problem(src, node, "correlations: expected a sequence of correlations (- id: ...)")
+            return
+        for item in node.value:
+            if item.tag != "tag:yaml.org,2002:map":
+                self.problem(src, item, "expected a correlation: a mapping with id, sequence/threshold/score, within")
+                continue
+            self.correlation_defs.append(_Def(src, item))
 
     def add_exceptions(self, src, node):
         if node.tag != "tag:yaml.org,2002:seq":
@@ -440,9 +469,13 @@ class _Builder:
                 if not _ATTACK_RE.match(t):
                     self.problem(src, keys["tags"][1], f"tags: '{t}' is not a MITRE ATT&CK id (T1234, T1234.001, TA0001)",
                                  rid)
+        actions = strings("actions", ("alert",), ACTIONS)
+        if "signal" in actions and len(actions) > 1:
+            self.problem(src, keys["actions"][1], "actions: signal means no alert of its own (matches only feed "
+                                                  "correlations); it cannot be combined with other actions", rid)
         rule = Rule(
             id=rid, description=scalar("description", ""), expression=str(keys["expression"][1].value),
-            severity=severity, tags=tags, actions=strings("actions", ("alert",), ACTIONS),
+            severity=severity, tags=tags, actions=actions,
             score=float(scalar("score", 0.0, (int, float))), enabled=scalar("enabled", True, (bool,)),
             message=scalar("message", ""), version=str(scalar("version", "", (str, int, float))),
             file=src.name, line=node.start_mark.line + 1,
@@ -602,9 +635,12 @@ def compile_sources(sources: list[Source]) -> RuleSet:
                                       "an event type): the kernel cannot filter for it", rule.id))
         rule._matchers = _rule_matchers(rule)
         rules.append(rule)
+    from .correlations import CorrelationCompiler  # imports this module: kept out of its import time
+    correlations = CorrelationCompiler(b.problems, b.warnings, {r.id: r for r in rules}, first_at).compile(
+        b.correlation_defs)
     if b.problems:
         raise RuleError(sorted(b.problems, key=lambda p: (p.file, p.line, p.col)))
-    return RuleSet(rules, [s.name for s in sources], b.warnings, digest.hexdigest())
+    return RuleSet(rules, [s.name for s in sources], b.warnings, digest.hexdigest(), correlations)
 
 
 def _exceptions_text(b: _Builder, rid: str) -> str:

@@ -1,5 +1,7 @@
 """Stateful detection over rule matches: sequences, thresholds and risk scores, per entity.
 
+The definitions (Correlation) belong to the rule language: they are written in rule files and compiled
+with the rule set (fimstream.rules.correlations, `RuleSet.correlations`). This module is the engine.
 Input is the stream of (rule match, event) the stateless rules produce; output is extra alerts. Events of
 one container (or host) share a Kafka partition, so one detector worker sees an entity's events in order
 and its state is local to the partitions it owns. Windows use event time (replays give the same
@@ -9,36 +11,12 @@ correlation (least recently seen dropped first, counted in `evicted`).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
-ENTITY_KEYS: dict[str, Callable[[dict], tuple]] = {
-    "host": lambda e: (e["host"],),
-    "container": lambda e: (e["host"], e.get("container_id") or ""),
-    "pod": lambda e: ((e.get("k8s") or {}).get("namespace", ""), (e.get("k8s") or {}).get("pod", ""))
-    if (e.get("k8s") or {}).get("pod") else (e["host"], e.get("container_id") or ""),
-    "process": lambda e: (e["host"], e["process"]["pid"], e["process"]["start_time_ns"]),
-}
+from fimstream.rules.correlations import ENTITY_KEYS, Correlation
 
-
-@dataclass(frozen=True)
-class Correlation:
-    """One stateful detection. kind: sequence | threshold | score."""
-
-    id: str
-    kind: str
-    window_ns: int
-    by: str = "container"
-    steps: tuple[str, ...] = ()  # sequence: rule ids in order; threshold: the one rule counted
-    same: tuple[Callable[[dict], object], ...] = ()  # sequence: values that must be equal at every step
-    count: int = 0  # threshold: matches needed
-    min_score: float = 0.0  # score: total needed
-    severity: str = "high"
-    description: str = ""
-    tags: tuple[str, ...] = ()
-
-    def key(self, event: dict) -> tuple:
-        return ENTITY_KEYS[self.by](event)
+__all__ = ["ENTITY_KEYS", "Correlation", "CorrelationStats", "Correlator", "Fired"]
 
 
 @dataclass
@@ -82,16 +60,30 @@ class CorrelationStats:
 
 
 class Correlator:
-    def __init__(self, correlations: Iterable[Correlation], max_keys: int = 100_000):
-        self.correlations = list(correlations)
+    """Runs the enabled correlations given. `previous`: a Correlator whose state is carried over for every
+    correlation with the same id and the same non-empty `state_version` (a rule reload that leaves a
+    correlation's kind, steps, `same` and `by` alone keeps its partial sequences, counts and scores);
+    the others start empty. Kept state objects are shared with `previous`, so feed one of the two at a time
+    (the detector swaps them between batches, on the thread that evaluates)."""
+
+    def __init__(self, correlations: Iterable[Correlation], max_keys: int = 100_000,
+                 previous: "Correlator | None" = None):
+        self.correlations = [c for c in correlations if c.enabled]
         self.max_keys = max_keys
         self._state = {c.id: _Bounded(max_keys) for c in self.correlations}
+        self.kept_state: list[str] = []  # ids whose state came from `previous`
+        if previous is not None:
+            old = {c.id: c.state_version for c in previous.correlations}
+            for c in self.correlations:
+                if c.state_version and old.get(c.id) == c.state_version:
+                    self._state[c.id] = previous._state[c.id]
+                    self.kept_state.append(c.id)
         self._by_rule: dict[str, list[Correlation]] = {}
         self._scored = [c for c in self.correlations if c.kind == "score"]
         for c in self.correlations:
-            for rule_id in c.steps:
+            for rule_id in c.rule_ids:  # once per rule even if it is several steps of the sequence
                 self._by_rule.setdefault(rule_id, []).append(c)
-        self.stats = CorrelationStats()
+        self.stats = previous.stats if previous is not None else CorrelationStats()
 
     def observe(self, event: dict, rule_id: str, score: float = 0.0) -> list[Fired]:
         """Feed one rule match; returns the correlations it completes."""
@@ -110,27 +102,28 @@ class Correlator:
         return fired
 
     # A sequence advances per entity (and per `same` values): step i is accepted only after step i-1,
-    # all within the window of the first step.
+    # all within the window of the first step. A step may accept any of several rules.
     def _sequence(self, c: Correlation, event: dict, rule_id: str, now: int) -> Fired | None:
         key = c.key(event) + tuple(read(event) for read in c.same)
+        steps = c.step_sets
         state: _Bounded = self._state[c.id]
         progress: _Progress | None = state.get(key)
         if progress is not None and now - progress.started > c.window_ns:
             del state[key]
             progress = None
         if progress is None:
-            if rule_id == c.steps[0]:
+            if rule_id in steps[0]:
                 state.touch(key, lambda: _Progress(1, now, [event["event_id"]]))
-                if len(c.steps) == 1:
+                if len(steps) == 1:
                     del state[key]
                     return Fired(c, event, [])
             return None
-        if c.steps[progress.step] != rule_id:
-            if rule_id == c.steps[0]:  # a fresh start resets the window
+        if rule_id not in steps[progress.step]:
+            if rule_id in steps[0]:  # a fresh start resets the window
                 progress.step, progress.started, progress.ids = 1, now, [event["event_id"]]
             return None
         progress.step += 1
-        if progress.step == len(c.steps):
+        if progress.step == len(steps):
             del state[key]
             return Fired(c, event, progress.ids)
         progress.ids.append(event["event_id"])

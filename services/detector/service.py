@@ -1,8 +1,10 @@
 """The detector stage: enriched events -> rules -> alerts (Avro batches) + one JSON alert per message (SIEM).
 
 Rules are compiled once per rule-set version (fimstream.rules) and swapped atomically on a file change
-or a control message; a bad rule file never replaces the set in force. Stateful correlations see each
-entity's events in order because events are keyed by container/host.
+or a control message; a bad rule file never replaces the set in force. Stateful correlations come from the
+same rule files (`correlations:`) and see each entity's events in order because events are keyed by
+container/host. A reload keeps the state of every correlation whose kind, steps, `same` and `by` did not
+change; the others start empty. Rules with `actions: [signal]` feed correlations without alerting.
 """
 from __future__ import annotations
 
@@ -25,24 +27,33 @@ SWEEP_EVERY_S = 10.0
 class Detection:
     """Rules + correlations over one decoded batch. Kept free of Kafka so tests and benchmarks drive it."""
 
-    def __init__(self, rules: RuleSet, correlations=()):
+    def __init__(self, rules: RuleSet):
         self.ids = AlertIds()
-        self.rules = rules
-        self.correlator = Correlator(correlations)
+        self._active = (rules, Correlator(rules.correlations))  # swapped as one: rules and their correlations
         self.events = 0
         self.alerts = 0
 
+    @property
+    def rules(self) -> RuleSet:
+        return self._active[0]
+
+    @property
+    def correlator(self) -> Correlator:
+        return self._active[1]
+
     def swap_rules(self, rules: RuleSet) -> None:
-        self.rules = rules
+        """Called from the reload thread: the new correlator is built aside, then both swap in one write."""
+        self._active = (rules, Correlator(rules.correlations, previous=self.correlator))
 
     def evaluate(self, events: list[dict]) -> list[dict]:
         alerts = []
-        rules = self.rules  # one read per batch: a reload mid-batch cannot mix two rule sets
+        rules, correlator = self._active  # once per batch: a reload mid-batch cannot mix two rule sets
         for event in events:
-            for rule in rules.match(event):  # every match alerts; `actions` says what else was asked
-                alerts.append(make_alert(self.ids, event, rule.id, rule.severity, rule.render_message(event),
-                                         rule.tags, rule.actions, rule.score, rule_version=rules.version[:12]))
-                for fired in self.correlator.observe(event, rule.id, rule.score):
+            for rule in rules.match(event):  # every match alerts unless signal-only; `actions` says what else
+                if not rule.signal_only:
+                    alerts.append(make_alert(self.ids, event, rule.id, rule.severity, rule.render_message(event),
+                                             rule.tags, rule.actions, rule.score, rule_version=rules.version[:12]))
+                for fired in correlator.observe(event, rule.id, rule.score):
                     c = fired.correlation
                     alerts.append(make_alert(self.ids, fired.event, c.id, c.severity, c.description, c.tags,
                                              ("alert",), fired.score, fired.related, rules.version[:12]))

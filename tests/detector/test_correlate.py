@@ -62,3 +62,36 @@ def test_state_is_bounded_and_swept():
     assert k.stats.tracked == 100 and k.stats.evicted == 900
     k.sweep(100 * S)
     assert k.stats.tracked == 0
+
+
+def test_sequence_step_may_accept_any_of_several_rules():
+    c = Correlation("seq", "sequence", 10 * S, steps=("w", ("x1", "x2")))
+    k = Correlator([c])
+    k.observe(ev(0), "w")
+    assert len(k.observe(ev(1), "x2")) == 1
+    k.observe(ev(2), "w")
+    assert len(k.observe(ev(3), "x1")) == 1
+
+
+def test_a_rule_that_is_several_steps_is_observed_once_per_match():
+    c = Correlation("twice", "sequence", 10 * S, steps=("a", "a"))
+    k = Correlator([c])
+    assert k.observe(ev(0), "a") == []  # one match is one step, not both
+    assert len(k.observe(ev(1), "a")) == 1
+
+
+def test_disabled_correlations_do_not_run():
+    k = Correlator([Correlation("off", "threshold", 10 * S, steps=("a",), count=2, enabled=False)])
+    assert k.correlations == [] and k.observe(ev(0), "a") == [] and k.observe(ev(1), "a") == []
+
+
+def test_previous_state_is_kept_only_for_equal_state_versions():
+    old = Correlation("t", "threshold", 60 * S, steps=("a",), count=2, state_version="v1")
+    k = Correlator([old, Correlation("u", "threshold", 60 * S, steps=("a",), count=2)])
+    k.observe(ev(0), "a")
+    same = Correlator([old, Correlation("u", "threshold", 60 * S, steps=("a",), count=2)], previous=k)
+    assert same.kept_state == ["t"]  # u has no state_version: hand-made definitions always start over
+    assert [f.correlation.id for f in same.observe(ev(1), "a")] == ["t"]
+    changed = Correlator([Correlation("t", "threshold", 60 * S, steps=("a",), count=2, state_version="v2")],
+                         previous=same)
+    assert changed.kept_state == [] and changed.observe(ev(2), "a") == []

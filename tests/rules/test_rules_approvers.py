@@ -240,17 +240,21 @@ def _pack_policy():
 
 
 def test_default_pack_fixtures_are_approved_and_not_discarded():
-    """Every fixture event that triggers a rule passes the kernel policy (with inodes) and no discarder."""
+    """Every fixture event that triggers a rule (correlation cases included) passes the kernel policy (with
+    inodes) and no discarder."""
     from pathlib import Path
     import yaml
     from fimstream.rules import make_event
+    from fimstream.rules.fixtures import correlation_events
     rs = _pack()
     policy = rs.kernel_policy()
     n = 0
     for f in sorted((Path(__file__).resolve().parents[2] / "rules" / "tests").glob("*.yaml")):
         for case in yaml.safe_load(f.read_text()):
-            ev = make_event(case["event"])
-            if rs.match(ev):
+            events = correlation_events(case["events"]) if "correlation" in case else [make_event(case["event"])]
+            for ev in events:
+                if not rs.match(ev):
+                    continue
                 n += 1
                 assert policy.passes(ev), (f.name, case.get("description"))
                 path = ev["file"]["path"] if ev["file"] else b""
