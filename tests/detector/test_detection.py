@@ -1,0 +1,127 @@
+"""Detection.evaluate end to end: the default pack's correlations raise alerts from decoded events, signal-only
+rules stay silent, and a rule reload keeps (or resets) correlation state as documented."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fimstream.detector.service import Detection
+from fimstream.rules import load_rules, load_rules_text, make_event
+
+PACK = Path(__file__).resolve().parents[2] / "rules"
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_rules(PACK)
+
+
+def ev(t: float, **spec) -> dict:
+    spec.setdefault("process", {"pid": 4242, "exe": "/usr/bin/curl", "comm": "curl"})
+    return make_event(dict(spec, time_ns=T0 + int(t * S)))
+
+
+def ids(alerts) -> list[str]:
+    return [a["rule_id"] for a in alerts]
+
+
+def test_dropper_alerts_once_with_the_write_as_related_event(pack):
+    d = Detection(pack)
+    write = ev(0, event_type="create", file="/tmp/.x", container_id="4f1c2e")
+    assert d.evaluate([write]) == []  # tmp_file_written is signal-only: no alert of its own
+    other = ev(10, event_type="exec", file="/tmp/.other", container_id="4f1c2e",
+               process={"pid": 4243, "exe": "/tmp/.other", "comm": ".other"})
+    run = ev(30, event_type="exec", file="/tmp/.x", container_id="4f1c2e",
+             process={"pid": 4244, "exe": "/tmp/.x", "comm": ".x"})
+    alerts = d.evaluate([other, run])
+    assert ids(alerts) == ["exec_from_tmp", "exec_from_tmp", "dropper_executed"]
+    dropper = alerts[-1]
+    assert dropper["severity"] == "high" and dropper["tags"] == ["T1105", "T1204.002"]
+    assert dropper["event"]["event_id"] == run["event_id"] and dropper["related_event_ids"] == [write["event_id"]]
+    assert dropper["message"].startswith("A file written under /tmp") and dropper["rule_version"] == pack.version[:12]
+    assert "dropper_executed" not in ids(d.evaluate([ev(40, event_type="exec", file="/tmp/.x", container_id="4f1c2e")]))
+
+
+def test_dropper_needs_the_same_container_and_the_window(pack):
+    d = Detection(pack)
+    d.evaluate([ev(0, event_type="create", file="/tmp/.x", container_id="aaa"),
+                ev(0, event_type="open", file="/dev/shm/p", flags="O_WRONLY|O_TRUNC")])
+    assert "dropper_executed" not in ids(d.evaluate([ev(5, event_type="exec", file="/tmp/.x", container_id="bbb")]))
+    assert "dropper_executed" not in ids(d.evaluate([ev(121, event_type="exec", file="/dev/shm/p")]))
+    d.evaluate([ev(200, event_type="open", file="/dev/shm/p", flags="O_WRONLY|O_TRUNC")])
+    assert ids(d.evaluate([ev(300, event_type="exec", file="/dev/shm/p")])) == ["exec_from_dev_shm", "dropper_executed"]
+
+
+def test_mass_log_deletion_counts_per_process(pack):
+    d = Detection(pack)
+    rm = {"pid": 4242, "exe": "/usr/bin/rm", "comm": "rm"}
+    batch = [ev(i, event_type="unlink", file=f"/var/log/app/{i}.log", process=rm) for i in range(19)]
+    batch.append(ev(19, event_type="unlink", file="/var/log/other.log", process=dict(rm, pid=999)))
+    # 19 + 1 in two processes: no mass deletion yet, but 20 x 5 points of risk on this host
+    assert ids(d.evaluate(batch)) == ["log_deleted"] * 20 + ["container_risk"]
+    alerts = d.evaluate([ev(20, event_type="truncate", file="/var/log/syslog", process=rm)])
+    assert ids(alerts) == ["log_truncated", "mass_log_deletion"]
+    assert len(alerts[1]["related_event_ids"]) == 19
+
+
+def test_container_risk_sums_rule_scores_per_container(pack):
+    d = Detection(pack)
+    shm = ev(0, event_type="exec", file="/dev/shm/.k", container_id="c1")  # exec_from_dev_shm: 40
+    shell_conn = ev(60, event_type="connect", container_id="c1", process={"exe": "/bin/bash", "comm": "bash"},
+                    net={"remote_addr": "203.0.113.9", "remote_port": 4444})  # shell_outbound_connection: 40
+    elsewhere = ev(70, event_type="exec", file="/tmp/.k2", container_id="c2")  # 20, another container
+    assert "container_risk" not in ids(d.evaluate([shm, shell_conn, elsewhere]))
+    alerts = d.evaluate([ev(120, event_type="exec", file="/tmp/.k2", container_id="c1")])  # exec_from_tmp: 20
+    assert ids(alerts) == ["exec_from_tmp", "container_risk"]
+    assert alerts[1]["score"] == 100.0 and set(alerts[1]["related_event_ids"]) == {shm["event_id"],
+                                                                                   shell_conn["event_id"]}
+
+
+SEQ = '''rules:
+  - id: a
+    expression: create.file.path =~ "/tmp/**"
+    actions: [signal]
+  - id: b
+    expression: exec.file.path =~ "/tmp/**"
+correlations:
+  - id: seq
+    sequence: [a, b]
+    same: [file.path]
+    within: {within}
+    severity: {severity}
+  - id: count
+    threshold: {{rule: b, count: 2}}
+    within: 1m
+    by: {by}
+'''
+
+
+def ruleset(within="2m", severity="high", by="container"):
+    return load_rules_text(SEQ.format(within=within, severity=severity, by=by), "seq.yaml")
+
+
+def test_reload_keeps_state_of_unchanged_correlations_and_resets_changed_ones():
+    d = Detection(ruleset())
+    d.evaluate([ev(0, event_type="create", file="/tmp/x"), ev(1, event_type="exec", file="/tmp/y")])
+    # severity and window changed (seq keeps its state), threshold's `by` changed (count starts over)
+    d.swap_rules(ruleset(within="5m", severity="critical", by="host"))
+    assert d.correlator.kept_state == ["seq"]
+    alerts = d.evaluate([ev(200, event_type="exec", file="/tmp/x")])
+    assert ids(alerts) == ["b", "seq"] and alerts[1]["severity"] == "critical"  # new window (5m) and severity
+    assert "count" not in ids(alerts)  # only one b since the reload
+    assert ids(d.evaluate([ev(201, event_type="exec", file="/tmp/z")])) == ["b", "count"]
+    assert d.correlator.stats.fired == 2  # stats carry over for the health endpoint
+
+
+def test_reload_that_removes_or_redefines_a_correlation_starts_it_over():
+    d = Detection(ruleset())
+    d.evaluate([ev(0, event_type="create", file="/tmp/x")])
+    d.swap_rules(load_rules_text(SEQ.format(within="2m", severity="high", by="container")
+                                 .replace("same: [file.path]", "same: [file.name]"), "seq.yaml"))
+    assert d.correlator.kept_state == ["count"]
+    assert ids(d.evaluate([ev(1, event_type="exec", file="/tmp/x")])) == ["b"]  # the create was forgotten
+    d.swap_rules(load_rules_text(SEQ.split("correlations:")[0], "seq.yaml"))
+    assert d.correlator.correlations == [] and d.rules.correlations == ()
