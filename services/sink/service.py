@@ -158,6 +158,7 @@ class Sink:
         self.batch_age = batch_age
         self.max_retry_delay = max_retry_delay
         self.poll_records = poll_records
+        self.rows_per_message = float(max(1, settings.batch_events))  # running estimate, sizes the polls
         self.stats = SinkStats()
         self.writer = StoreWriter(settings, ttl_days)
         self.codecs, self.schemas = kafka.codecs_with_schema_topic(settings)
@@ -191,7 +192,13 @@ class Sink:
                 if records:
                     self.pending.items.append(Item(msg, table, records, trace_id, span.get_span_context()))
                     self.pending.rows += len(records)
+                    self.rows_per_message += (len(records) - self.rows_per_message) * 0.1
         self.stats.pending_rows = self.pending.rows
+
+    def poll_size(self) -> int:
+        """Messages to ask for so the pending batch ends near batch_rows (a batch is at least one message)."""
+        room = max(0, self.batch_rows - self.pending.rows)
+        return max(1, min(self.poll_records, int(room / self.rows_per_message + 0.5)))
 
     def due(self) -> bool:
         return bool(self.pending) and (self.pending.rows >= self.batch_rows
@@ -312,7 +319,7 @@ class Sink:
             if self.pending:
                 timeout = max(0.0, self.batch_age - (time.monotonic() - self.pending.started))
             got = await self.consumer.getmany(timeout_ms=int(min(timeout, 0.2) * 1000),
-                                              max_records=self.poll_records)
+                                              max_records=self.poll_size())
             messages = [m for part in got.values() for m in part]
             if messages:
                 await self.add(messages)

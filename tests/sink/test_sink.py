@@ -210,11 +210,14 @@ def test_store_outage_retries_applies_back_pressure_and_loses_nothing(sink_setti
                 before = _counters(health)
                 assert before["rows_inserted"] == 0 and before["store_failing"] >= 3
                 assert "store_error" in health.info and token not in json.dumps(health.snapshot(), default=str)
-                await publish(sets[1])  # read into the next batch, which then waits for the one in flight
-                await _wait_for(lambda: _async(_counters(health)["pending_rows"] == 400), what="a waiting batch")
-                await publish(sets[2])  # not read at all while the store is down: back-pressure
-                await asyncio.sleep(2)
-                assert _counters(health)["pending_rows"] == 400 and _counters(health)["rows_inserted"] == 0
+                # the next batch fills up to batch_rows and waits behind the one in flight ...
+                await _wait_for(lambda: _async(_counters(health)["pending_rows"] >= 150), what="a waiting batch")
+                waiting = _counters(health)["pending_rows"]
+                assert waiting <= 150 + 100  # bounded: batch_rows plus at most one message
+                await publish(sets[1])
+                await publish(sets[2])
+                await asyncio.sleep(2)  # ... and nothing more is read while the store is down: back-pressure
+                assert _counters(health)["pending_rows"] == waiting and _counters(health)["rows_inserted"] == 0
                 endpoint = await asyncio.to_thread(
                     QueryEndpoint(tmp_path / "server", f"127.0.0.1:{port}", write_token=token).start)
                 await _wait_for(lambda: _stored(health, 1200), what="inserts after the outage")
