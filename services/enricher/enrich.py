@@ -11,8 +11,12 @@ from typing import Callable
 
 from fimstream.schemas.codec import Codecs
 
-# cgroup path (bytes, as the collector reports it) -> Enrichment record (dict per enrichment.avsc)
-Resolver = Callable[[bytes], dict]
+# cgroup path (bytes, as the collector reports it) -> (Enrichment record per enrichment.avsc, pending)
+Resolver = Callable[[bytes], tuple[dict, bool]]
+
+
+class Pending(Exception):
+    """The batch has events of a pod that is not visible yet: hold it and try again shortly."""
 
 
 @dataclass
@@ -24,40 +28,51 @@ class EnrichStats:
 
 
 class BatchEnricher:
-    def __init__(self, codecs: Codecs, resolve: Resolver, max_cached: int = 100_000):
+    def __init__(self, codecs: Codecs, resolve: Resolver, generation: Callable[[], int] = lambda: 0,
+                 max_cached: int = 100_000):
         self.codecs = codecs
         self.resolve = resolve
+        self.generation = generation
         self.max_cached = max_cached
         self.stats = EnrichStats()
         self._suffix: dict[bytes, tuple[bytes, str]] = {}
+        self._seen_generation = generation()
 
-    def invalidate(self) -> None:
-        """Metadata changed (pod added, labels edited): re-resolve every cgroup on next sight."""
-        self._suffix.clear()
-
-    def _suffix_for(self, cgroup: bytes) -> tuple[bytes, str]:
+    def _suffix_for(self, cgroup: bytes, final: bool) -> tuple[bytes, str]:
         hit = self._suffix.get(cgroup)
         if hit is None:
-            enrichment = self.resolve(cgroup)
+            enrichment, pending = self.resolve(cgroup)
+            if pending and not final:
+                raise Pending(cgroup)
             hit = (self.codecs.enrichment.encode_record(enrichment), enrichment["enrich_status"])
-            if enrichment["enrich_status"] != "unresolved":  # unresolved may resolve soon: don't pin it
+            if not pending:  # a pending answer may improve soon: don't pin it
                 if len(self._suffix) >= self.max_cached:
                     self._suffix.clear()
                 self._suffix[cgroup] = hit
         return hit
 
-    def enrich(self, payload: bytes) -> tuple[bytes, int]:
-        """Returns (enriched batch payload, event count). Raises CodecError on a corrupt batch."""
+    def enrich(self, payload: bytes, final: bool = True) -> tuple[bytes, int]:
+        """Returns (enriched batch payload, event count). Raises CodecError on a corrupt batch, and
+        Pending when `final` is false and some event's pod is not visible yet."""
+        gen = self.generation()
+        if gen != self._seen_generation:  # metadata changed: re-resolve every cgroup on next sight
+            self._suffix.clear()
+            self._seen_generation = gen
         raw = self.codecs.raw
         bodies = []
-        by_status = self.stats.by_status
+        statuses = []
+        reencoded = 0
         for record, body in raw.iter_with_bytes(payload):
             if body is None:
                 body = raw.encode_record(record)
-                self.stats.reencoded += 1
-            suffix, status = self._suffix_for(record["process"]["cgroup"])
-            by_status[status] = by_status.get(status, 0) + 1
+                reencoded += 1
+            suffix, status = self._suffix_for(record["process"]["cgroup"], final)
+            statuses.append(status)
             bodies.append(body + suffix)
+        by_status = self.stats.by_status
+        for status in statuses:  # counted once the batch is final, not at each held attempt
+            by_status[status] = by_status.get(status, 0) + 1
+        self.stats.reencoded += reencoded
         self.stats.batches += 1
         self.stats.events += len(bodies)
         return self.codecs.enriched.frame_encoded(bodies), len(bodies)
