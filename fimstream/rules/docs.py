@@ -13,6 +13,9 @@ def _md(s: str) -> str:
 def render_fields_md() -> str:
     out = ["# Rule fields", "",
            "Generated from `fimstream/rules/fields.py` by `fimstream rules docs` - do not edit by hand.", "",
+           "The rule-file format (rules, lists, macros, exceptions, correlations) and the operators are described "
+           "in [rules.md](rules.md). A correlation's `same` fields are these names without the event type "
+           "(`file.path` for `create.file.path` and `exec.file.path`).", "",
            "A field prefixed by an event type (`open.file.path`) only exists for that event type and makes the "
            "comparison select it. Fields without a prefix exist for every event. Array fields (marked []) "
            "match if any element matches.", "",
