@@ -99,15 +99,14 @@ static __always_inline int open_exit(long ret)
     b->flags = in.a[2];
     b->mode = in.a[3];
     b->resolve = in.a[4];
-    b->fmode = 0;
     b->pad = 0;
     __builtin_memset(&b->f, 0, sizeof(b->f));
-    if (ret >= 0) {
-        u64 file = fd_file(task, ret);
-        b->fmode = file ? rd32(file + O_FILE_MODE) : 0;
-        slot_file(s, &b->f, task, file);
-    } else
-        slot_user_path(s, &b->f, task, in.a[0], in.a[1]);
+    if (ret >= 0)
+        b->fmode = slot_file(s, &b->f, fd_file(s, ret));
+    else {
+        b->fmode = 0;
+        slot_user_path(s, &b->f, in.a[0], in.a[1]);
+    }
     emit(s, RK_OPEN);
     return 0;
 }
@@ -149,7 +148,7 @@ static __always_inline int unlink_exit(long ret)
     b->flags = (u32)in.a[2];
     b->pad = 0;
     __builtin_memset(&b->f, 0, sizeof(b->f));
-    slot_user_path(s, &b->f, task, in.a[0], in.a[1]);
+    slot_user_path(s, &b->f, in.a[0], in.a[1]);
     emit(s, RK_UNLINK);
     return 0;
 }
@@ -193,8 +192,8 @@ static __always_inline int rename_exit(long ret)
     b->newdfd = (s32)in.a[2];
     __builtin_memset(&b->src, 0, sizeof(b->src));
     __builtin_memset(&b->dst, 0, sizeof(b->dst));
-    slot_user_path(s, &b->src, task, in.a[0], in.a[1]);
-    slot_user_path(s, &b->dst, task, in.a[2], in.a[3]);
+    slot_user_path(s, &b->src, in.a[0], in.a[1]);
+    slot_user_path(s, &b->dst, in.a[2], in.a[3]);
     emit(s, RK_RENAME);
     return 0;
 }
@@ -242,9 +241,9 @@ static __always_inline int chmod_exit(long ret)
     b->flags = (u32)in.a[3];
     __builtin_memset(&b->f, 0, sizeof(b->f));
     if (in.sc == SC_FCHMOD)
-        slot_file(s, &b->f, task, fd_file(task, (int)in.a[0]));
+        slot_file(s, &b->f, fd_file(s, (int)in.a[0]));
     else
-        slot_user_path(s, &b->f, task, in.a[0], in.a[1]);
+        slot_user_path(s, &b->f, in.a[0], in.a[1]);
     emit(s, RK_CHMOD);
     return 0;
 }
@@ -295,9 +294,9 @@ static __always_inline int chown_exit(long ret)
     b->pad = 0;
     __builtin_memset(&b->f, 0, sizeof(b->f));
     if (in.sc == SC_FCHOWN)
-        slot_file(s, &b->f, task, fd_file(task, (int)in.a[0]));
+        slot_file(s, &b->f, fd_file(s, (int)in.a[0]));
     else
-        slot_user_path(s, &b->f, task, in.a[0], in.a[1]);
+        slot_user_path(s, &b->f, in.a[0], in.a[1]);
     emit(s, RK_CHOWN);
     return 0;
 }

@@ -59,6 +59,7 @@ struct file_info {        /* 32 bytes; its path bytes follow in the record's var
 struct scratch {
     char ev[EV_SZ];
     char path[PATH_SZ];
+    u64 task[W_TASK_LEN / 8];  /* one read of the current task's members (offsets.WINDOWS) */
     u32 len;              /* bytes of ev in use */
     u32 pos;              /* walk write position in path[] (the path is built backwards) */
 };
@@ -72,7 +73,9 @@ struct inflight {         /* syscall arguments saved at sys_enter, used at sys_e
 /* ------------------------------------------------------------------------------------- shared maps */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
-BPF_TABLE("lru_hash", u32, struct inflight, inflight, INFLIGHT_MAX);
+/* Entries live from sys_enter to sys_exit and are deleted at sys_exit or thread exit, so a plain
+ * (cheaper than LRU) hash cannot fill up with stale ones. */
+BPF_HASH(inflight, u32, struct inflight, INFLIGHT_MAX);
 BPF_HASH(ignore_pids, u32, u8, IGNORE_MAX);          /* tgids the pipeline itself runs as */
 BPF_PERCPU_ARRAY(counters, u64, NKINDS * NCOUNTERS);   /* [kind][C_*], summed by userspace */
 
@@ -99,18 +102,24 @@ static __always_inline u32 rd32(u64 addr)
     return v;
 }
 
-static __always_inline u16 rd16(u64 addr)
+/* Windows: READ_WIN(buf, NAME, addr) copies an object's W_NAME window once; WIN*(buf, NAME, offset)
+ * picks a member out of the copy. Buffers are u64 arrays: stack accesses must be aligned. */
+#define WIN_BUF(name, W) u64 name[W##_LEN / 8]
+#define READ_WIN(buf, W, addr) bpf_probe_read_kernel((buf), W##_LEN, (void *)((addr) + W##_START))
+#define WIN64(buf, W, off) (*(u64 *)((char *)(buf) + (off) - W##_START))
+#define WIN32(buf, W, off) (*(u32 *)((char *)(buf) + (off) - W##_START))
+#define WIN16(buf, W, off) (*(u16 *)((char *)(buf) + (off) - W##_START))
+#define TASK64(s, off) WIN64((s)->task, W_TASK, off)
+#define TASK32(s, off) WIN32((s)->task, W_TASK, off)
+
+/* The collector's own process and the other pipeline stages (ignore.pids). */
+static __always_inline int ignored(u32 tgid)
 {
-    u16 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-    return v;
+    return ignore_pids.lookup(&tgid) != 0;
 }
 
-/* The collector's own process and the other pipeline stages (ignore.pids), and kernel threads. */
-static __always_inline int ignored(u64 task, u32 tgid)
+static __always_inline int is_kthread(u64 task)
 {
-    if (ignore_pids.lookup(&tgid))
-        return 1;
     return (rd32(task + O_TASK_FLAGS) & PF_KTHREAD_) != 0;
 }
 
@@ -120,11 +129,13 @@ static __always_inline struct scratch *scratch_get(void)
     return scratch_map.lookup(&zero);
 }
 
-/* Fill the record header from the current task; the body starts at sizeof(rec_hdr) + body_size. */
+/* Fill the record header from the current task (and keep its window in s->task for the sensor);
+ * the body starts at sizeof(rec_hdr) + body_size. */
 static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 kind, u32 body_size, s64 retval)
 {
     struct rec_hdr *h = (struct rec_hdr *)s->ev;
     u64 id = bpf_get_current_pid_tgid();
+    READ_WIN(s->task, W_TASK, task);
     h->kind = kind;
     h->hflags = 0;
     h->reserved = 0;
@@ -132,20 +143,22 @@ static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 ki
     h->pid = id >> 32;
     h->tid = (u32)id;
     h->ktime = bpf_ktime_get_boot_ns();
-    h->ppid = rd32(rd64(task + O_TASK_REAL_PARENT) + O_TASK_TGID);
-    u64 cred = rd64(task + O_TASK_CRED);
-    h->uid = rd32(cred + O_CRED_UID);
-    h->gid = rd32(cred + O_CRED_GID);
-    h->euid = rd32(cred + O_CRED_EUID);
-    h->egid = rd32(cred + O_CRED_EGID);
+    h->ppid = rd32(TASK64(s, O_TASK_REAL_PARENT) + O_TASK_TGID);
+    WIN_BUF(cred, W_CRED);
+    READ_WIN(cred, W_CRED, TASK64(s, O_TASK_CRED));
+    h->uid = WIN32(cred, W_CRED, O_CRED_UID);
+    h->gid = WIN32(cred, W_CRED, O_CRED_GID);
+    h->euid = WIN32(cred, W_CRED, O_CRED_EUID);
+    h->egid = WIN32(cred, W_CRED, O_CRED_EGID);
 #if O_TASK_LOGINUID >= 0
-    h->auid = rd32(task + O_TASK_LOGINUID);
-    h->sessionid = rd32(task + O_TASK_SESSIONID);
+    h->auid = TASK32(s, O_TASK_LOGINUID);
+    h->sessionid = TASK32(s, O_TASK_SESSIONID);
 #else
     h->auid = (u32)-1;
     h->sessionid = (u32)-1;
 #endif
-    h->start_time = rd64(rd64(task + O_TASK_GROUP_LEADER) + O_TASK_START_BOOTTIME);
+    u64 leader = TASK64(s, O_TASK_GROUP_LEADER);
+    h->start_time = leader == task ? TASK64(s, O_TASK_START_BOOTTIME) : rd64(leader + O_TASK_START_BOOTTIME);
     h->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
     h->retval = retval;
@@ -170,67 +183,75 @@ static __always_inline void emit(struct scratch *s, u32 kind)
 }
 
 /* ---------------------------------------------------------------------------------------- files */
-static __always_inline u64 fd_file(u64 task, s64 fd)
+/* current->files->fdt->fd[fd] (needs begin() first: the task window) */
+static __always_inline u64 fd_file(struct scratch *s, s64 fd)
 {
     if (fd < 0)
         return 0;
-    u64 fdt = rd64(rd64(task + O_TASK_FILES) + O_FILES_FDT);
-    u32 max = rd32(fdt + O_FDT_MAX_FDS);
-    if ((u64)fd >= max)
+    WIN_BUF(fdt, W_FDT);
+    READ_WIN(fdt, W_FDT, rd64(TASK64(s, O_TASK_FILES) + O_FILES_FDT));
+    if ((u64)fd >= WIN32(fdt, W_FDT, O_FDT_MAX_FDS))
         return 0;
-    return rd64(rd64(fdt + O_FDT_FD) + (u64)fd * 8);
+    return rd64(WIN64(fdt, W_FDT, O_FDT_FD) + (u64)fd * 8);
 }
 
 static __always_inline void fill_inode(struct file_info *fi, u64 inode)
 {
     if (!inode)
         return;
-    fi->ino = rd64(inode + O_INODE_INO);
-    fi->mode = rd16(inode + O_INODE_MODE);
-    fi->nlink = rd32(inode + O_INODE_NLINK);
-    fi->uid = rd32(inode + O_INODE_UID);
-    fi->gid = rd32(inode + O_INODE_GID);
-    fi->dev = rd32(rd64(inode + O_INODE_SB) + O_SB_DEV);
+    WIN_BUF(w, W_INODE);
+    READ_WIN(w, W_INODE, inode);
+    fi->ino = WIN64(w, W_INODE, O_INODE_INO);
+    fi->mode = WIN16(w, W_INODE, O_INODE_MODE);
+    fi->nlink = WIN32(w, W_INODE, O_INODE_NLINK);
+    fi->uid = WIN32(w, W_INODE, O_INODE_UID);
+    fi->gid = WIN32(w, W_INODE, O_INODE_GID);
+    fi->dev = rd32(WIN64(w, W_INODE, O_INODE_SB) + O_SB_DEV);
 }
 
 /* Walk dentry -> d_parent up to the task's root, crossing mounts through mnt_parent/mnt_mountpoint
  * (what d_path does), writing "/name" components backwards into s->path ending at PATH_END.
- * Returns PF_* flags; the path is s->path[s->pos .. PATH_END). */
-static __always_inline u32 walk(struct scratch *s, u64 dentry, u64 vfsmnt, u64 task)
+ * Returns PF_* flags; the path is s->path[s->pos .. PATH_END). One window read per component (parent,
+ * name, length) plus the name itself, one per mount crossed. */
+static __always_inline u32 walk(struct scratch *s, u64 dentry, u64 vfsmnt)
 {
-    u64 fs = rd64(task + O_TASK_FS);
-    u64 root_mnt = rd64(fs + O_FS_ROOT + O_PATH_MNT);
-    u64 root_dentry = rd64(fs + O_FS_ROOT + O_PATH_DENTRY);
+    WIN_BUF(fs, W_FS);
+    READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
+    u64 root_mnt = WIN64(fs, W_FS, O_FS_ROOT + O_PATH_MNT);
+    u64 root_dentry = WIN64(fs, W_FS, O_FS_ROOT + O_PATH_DENTRY);
     u64 mnt = vfsmnt - O_MOUNT_MNT;
+    WIN_BUF(m, W_MOUNT);
+    READ_WIN(m, W_MOUNT, mnt);
+    WIN_BUF(d, W_DENTRY);
     u32 flags = 0;
     u32 done = 0;
     s->pos = PATH_END;
 #pragma clang loop unroll(disable)
     for (int i = 0; i < MAX_DEPTH; i++) {
-        if (dentry == root_dentry && vfsmnt == root_mnt) {
+        if (dentry == root_dentry && mnt + O_MOUNT_MNT == root_mnt) {
             done = 1;
             break;
         }
-        if (dentry == rd64(vfsmnt + O_VFSMOUNT_ROOT)) {
-            u64 parent_mnt = rd64(mnt + O_MOUNT_PARENT);
+        if (dentry == WIN64(m, W_MOUNT, O_MOUNT_MNT + O_VFSMOUNT_ROOT)) {
+            u64 parent_mnt = WIN64(m, W_MOUNT, O_MOUNT_PARENT);
             if (parent_mnt == mnt || !parent_mnt) {   /* a namespace root or a detached mount */
                 flags |= PF_OUTSIDE_ROOT;
                 done = 1;
                 break;
             }
-            dentry = rd64(mnt + O_MOUNT_MOUNTPOINT);
+            dentry = WIN64(m, W_MOUNT, O_MOUNT_MOUNTPOINT);
             mnt = parent_mnt;
-            vfsmnt = mnt + O_MOUNT_MNT;
+            READ_WIN(m, W_MOUNT, mnt);
             continue;
         }
-        u64 parent = rd64(dentry + O_DENTRY_PARENT);
+        READ_WIN(d, W_DENTRY, dentry);
+        u64 parent = WIN64(d, W_DENTRY, O_DENTRY_PARENT);
         if (parent == dentry || !parent) {            /* disconnected dentry (pseudo fs, NFS export) */
             flags |= PF_OUTSIDE_ROOT;
             done = 1;
             break;
         }
-        u32 len = rd32(dentry + O_DENTRY_NAME_LEN);
-        u64 name = rd64(dentry + O_DENTRY_NAME_NAME);
+        u32 len = WIN32(d, W_DENTRY, O_DENTRY_NAME_LEN);
         u32 pos = s->pos;
         if (len > NAME_MAX_ || len + 1 > pos) {
             flags |= PF_TRUNCATED;
@@ -239,14 +260,14 @@ static __always_inline u32 walk(struct scratch *s, u64 dentry, u64 vfsmnt, u64 t
         }
         pos -= len;
         opaque(pos);
-        bpf_probe_read_kernel(&s->path[pos & PATH_MASK], len & NAME_MAX_, (void *)name);
+        bpf_probe_read_kernel(&s->path[pos & PATH_MASK], len & NAME_MAX_, (void *)WIN64(d, W_DENTRY, O_DENTRY_NAME_NAME));
         pos -= 1;
         opaque(pos);
         s->path[pos & PATH_MASK] = '/';
         s->pos = pos;
         dentry = parent;
     }
-    if (!done && !(dentry == root_dentry && vfsmnt == root_mnt))
+    if (!done && !(dentry == root_dentry && mnt + O_MOUNT_MNT == root_mnt))
         flags |= PF_DEPTH;
     if (s->pos == PATH_END) {                         /* the root itself */
         s->pos = PATH_END - 1;
@@ -286,29 +307,33 @@ static __always_inline u32 append_str(struct scratch *s, u64 ptr, int user)
     return n & STR_MASK;
 }
 
-/* A file slot from a struct file: true path, inode identity. */
-static __always_inline void slot_file(struct scratch *s, struct file_info *fi, u64 task, u64 file)
+/* A file slot from a struct file: true path, inode identity. Returns file->f_mode. */
+static __always_inline u32 slot_file(struct scratch *s, struct file_info *fi, u64 file)
 {
     fi->str_len = 0;
     fi->path_len = 0;
     if (!file) {
         fi->path_flags = PF_UNRESOLVED;
-        return;
+        return 0;
     }
-    u64 dentry = rd64(file + O_FILE_PATH_DENTRY);
-    u64 vfsmnt = rd64(file + O_FILE_PATH_MNT);
-    fill_inode(fi, rd64(dentry + O_DENTRY_INODE));
-    u32 flags = walk(s, dentry, vfsmnt, task);
-    if (!rd64(dentry + O_DENTRY_HASH_PPREV) && rd64(dentry + O_DENTRY_PARENT) != dentry)
+    WIN_BUF(f, W_FILE);
+    READ_WIN(f, W_FILE, file);
+    u64 dentry = WIN64(f, W_FILE, O_FILE_PATH_DENTRY);
+    WIN_BUF(d, W_DENTRY);
+    READ_WIN(d, W_DENTRY, dentry);
+    fill_inode(fi, WIN64(d, W_DENTRY, O_DENTRY_INODE));
+    u32 flags = walk(s, dentry, WIN64(f, W_FILE, O_FILE_PATH_MNT));
+    if (!WIN64(d, W_DENTRY, O_DENTRY_HASH_PPREV) && WIN64(d, W_DENTRY, O_DENTRY_PARENT) != dentry)
         flags |= PF_DELETED;                          /* d_unhashed: unlinked while open */
     fi->path_flags = flags;
     fi->path_len = append_walk(s);
+    return WIN32(f, W_FILE, O_FILE_MODE);
 }
 
 /* A file slot from a path string the caller passed (no fd yet, or gone): the caller's string, plus
  * the true path of the directory it is relative to (dirfd or cwd) when it is relative. Userspace
  * joins and canonicalises them and clears PF_UNRESOLVED when it can (paths.py). */
-static __always_inline void slot_user_path(struct scratch *s, struct file_info *fi, u64 task, s64 dfd, u64 uptr)
+static __always_inline void slot_user_path(struct scratch *s, struct file_info *fi, s64 dfd, u64 uptr)
 {
     u32 off = s->len;
     fi->path_len = 0;
@@ -318,17 +343,20 @@ static __always_inline void slot_user_path(struct scratch *s, struct file_info *
         return;                                       /* absolute: relative to the process root */
     u64 dentry, vfsmnt;
     if ((int)dfd == AT_FDCWD_) {
-        u64 fs = rd64(task + O_TASK_FS);
-        vfsmnt = rd64(fs + O_FS_PWD + O_PATH_MNT);
-        dentry = rd64(fs + O_FS_PWD + O_PATH_DENTRY);
+        WIN_BUF(fs, W_FS);
+        READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
+        vfsmnt = WIN64(fs, W_FS, O_FS_PWD + O_PATH_MNT);
+        dentry = WIN64(fs, W_FS, O_FS_PWD + O_PATH_DENTRY);
     } else {
-        u64 file = fd_file(task, (int)dfd);
+        u64 file = fd_file(s, (int)dfd);
         if (!file)
             return;
-        vfsmnt = rd64(file + O_FILE_PATH_MNT);
-        dentry = rd64(file + O_FILE_PATH_DENTRY);
+        WIN_BUF(f, W_FILE);
+        READ_WIN(f, W_FILE, file);
+        vfsmnt = WIN64(f, W_FILE, O_FILE_PATH_MNT);
+        dentry = WIN64(f, W_FILE, O_FILE_PATH_DENTRY);
     }
-    fi->path_flags |= walk(s, dentry, vfsmnt, task);
+    fi->path_flags |= walk(s, dentry, vfsmnt);
     fi->path_len = append_walk(s);
 }
 
@@ -336,10 +364,9 @@ static __always_inline void slot_user_path(struct scratch *s, struct file_info *
 /* Save a syscall's arguments for its sys_exit. Counts `seen` (and `filtered` for ignored callers). */
 static __always_inline int stash(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 {
-    u64 task = bpf_get_current_task();
     u64 id = bpf_get_current_pid_tgid();
     tally(kind, C_SEEN);
-    if (ignored(task, id >> 32)) {
+    if (ignored(id >> 32)) {
         tally(kind, C_FILTERED);
         return 0;
     }

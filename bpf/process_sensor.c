@@ -35,7 +35,7 @@ TP(sched, sched_process_exec)
 {
     u64 task = bpf_get_current_task();
     tally(RK_EXEC, C_SEEN);
-    if (ignored(task, bpf_get_current_pid_tgid() >> 32)) {
+    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
         tally(RK_EXEC, C_FILTERED);
         return 0;
     }
@@ -46,11 +46,15 @@ TP(sched, sched_process_exec)
     struct exec_body *b = BODY(exec_body, s);
     __builtin_memset(b, 0, sizeof(*b));
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct inflight *in = inflight.lookup(&tid);      /* which syscall (none: an exec started by the kernel) */
-    if (in)
+    u32 old_tid = args->old_pid;                      /* differs when a non-leader thread exec'd */
+    struct inflight *in = inflight.lookup(&old_tid);  /* which syscall (none: an exec started by the kernel) */
+    if (in) {
         b->sc = in->sc;
-    u64 mm = rd64(task + O_TASK_MM);
-    slot_file(s, &b->exe, task, rd64(mm + O_MM_EXE_FILE));
+        if (old_tid != tid)
+            inflight.delete(&old_tid);                /* its sys_exit runs under the new tid */
+    }
+    u64 mm = TASK64(s, O_TASK_MM);
+    slot_file(s, &b->exe, rd64(mm + O_MM_EXE_FILE));
     u32 loc = args->data_loc_filename;
     b->filename_len = append_str(s, (u64)args + (loc & 0xFFFF), 0);
 
@@ -100,7 +104,7 @@ static __always_inline int exec_exit(long ret)
     __builtin_memset(b, 0, sizeof(*b));
     b->sc = in.sc;
     b->dfd = (s32)in.a[0];
-    slot_user_path(s, &b->exe, task, in.a[0], in.a[1]);
+    slot_user_path(s, &b->exe, in.a[0], in.a[1]);
     emit(s, RK_EXEC);
     return 0;
 }
@@ -117,7 +121,7 @@ RAW_TP(sched_process_fork)
         return 0;
     tally(RK_FORK, C_SEEN);
     u64 task = bpf_get_current_task();
-    if ((rd32(child + O_TASK_FLAGS) & PF_KTHREAD_) || ignored(task, bpf_get_current_pid_tgid() >> 32)) {
+    if (is_kthread(child) || ignored(bpf_get_current_pid_tgid() >> 32)) {
         tally(RK_FORK, C_FILTERED);
         return 0;
     }
@@ -142,7 +146,7 @@ TP(sched, sched_process_exit)
         return 0;
     u64 task = bpf_get_current_task();
     tally(RK_EXIT, C_SEEN);
-    if (ignored(task, id >> 32)) {
+    if (ignored(id >> 32) || is_kthread(task)) {
         tally(RK_EXIT, C_FILTERED);
         return 0;
     }
@@ -151,7 +155,7 @@ TP(sched, sched_process_exit)
         return 0;
     begin(s, task, RK_EXIT, sizeof(struct exit_body), 0);
     struct exit_body *b = BODY(exit_body, s);
-    b->exit_code = (s32)rd32(task + O_TASK_EXIT_CODE);
+    b->exit_code = (s32)TASK32(s, O_TASK_EXIT_CODE);
     b->pad = 0;
     emit(s, RK_EXIT);
     return 0;

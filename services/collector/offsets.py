@@ -69,8 +69,45 @@ NEEDS: dict[str, Need] = {
 }
 
 
+# Members a program needs from one object are fetched with ONE bpf_probe_read_kernel of the window that
+# covers them (W_<NAME>_START/_LEN), then picked out of the copy: a probe read costs ~35 ns whatever its
+# size up to hundreds of bytes, so 10 reads of a task_struct cost ~350 ns and one 824-byte read ~130 ns.
+# Each member: (macros whose sum is its offset, size). `limit` is the buffer the program reserves.
+WINDOWS: dict[str, tuple[int, list[tuple[tuple[str, ...], int]]]] = {
+    "TASK": (2048, [(("O_TASK_REAL_PARENT",), 8), (("O_TASK_GROUP_LEADER",), 8), (("O_TASK_CRED",), 8),
+                    (("O_TASK_START_BOOTTIME",), 8), (("O_TASK_FILES",), 8), (("O_TASK_FS",), 8),
+                    (("O_TASK_MM",), 8), (("O_TASK_EXIT_CODE",), 4), (("O_TASK_LOGINUID",), 4),
+                    (("O_TASK_SESSIONID",), 4)]),
+    "CRED": (128, [(("O_CRED_UID",), 4), (("O_CRED_GID",), 4), (("O_CRED_EUID",), 4), (("O_CRED_EGID",), 4)]),
+    "FILE": (128, [(("O_FILE_MODE",), 4), (("O_FILE_PATH_MNT",), 8), (("O_FILE_PATH_DENTRY",), 8)]),
+    "FS": (128, [(("O_FS_ROOT", "O_PATH_MNT"), 8), (("O_FS_ROOT", "O_PATH_DENTRY"), 8),
+                 (("O_FS_PWD", "O_PATH_MNT"), 8), (("O_FS_PWD", "O_PATH_DENTRY"), 8)]),
+    "FDT": (64, [(("O_FDT_MAX_FDS",), 4), (("O_FDT_FD",), 8)]),
+    "DENTRY": (128, [(("O_DENTRY_HASH_PPREV",), 8), (("O_DENTRY_PARENT",), 8), (("O_DENTRY_NAME_LEN",), 4),
+                     (("O_DENTRY_NAME_NAME",), 8), (("O_DENTRY_INODE",), 8)]),
+    "MOUNT": (128, [(("O_MOUNT_PARENT",), 8), (("O_MOUNT_MOUNTPOINT",), 8), (("O_MOUNT_MNT", "O_VFSMOUNT_ROOT"), 8)]),
+    "INODE": (128, [(("O_INODE_MODE",), 2), (("O_INODE_UID",), 4), (("O_INODE_GID",), 4), (("O_INODE_SB",), 8),
+                    (("O_INODE_INO",), 8), (("O_INODE_NLINK",), 4)]),
+}
+
+
 class OffsetError(RuntimeError):
     pass
+
+
+def windows(offsets: dict[str, int]) -> dict[str, int]:
+    """W_<NAME>_START (8-aligned, so every member stays naturally aligned in the copy) and W_<NAME>_LEN."""
+    out = {}
+    for name, (limit, members) in WINDOWS.items():
+        spans = [(sum(offsets[m] for m in macros), size) for macros, size in members
+                 if all(offsets[m] >= 0 for m in macros)]
+        start = min(off for off, _ in spans) & ~7
+        length = (max(off + size for off, size in spans) - start + 7) & ~7
+        if length > limit:
+            raise OffsetError(f"the {name} members the collector reads span {length} bytes on this kernel "
+                              f"(the program reserves {limit}): this layout needs a new window split")
+        out[f"W_{name}_START"], out[f"W_{name}_LEN"] = start, length
+    return out
 
 
 def compute(btf: Btf | None = None, overrides: dict[str, int] | None = None) -> dict[str, int]:

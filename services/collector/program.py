@@ -30,7 +30,8 @@ class Program:
         self.sensors = list(sensors)
         self.ringbuf_bytes = ringbuf_bytes
         self.offsets = offsets_mod.compute(overrides=offset_overrides)
-        defines = {**records.c_defines(max_depth=max_depth, ringbuf_bytes=ringbuf_bytes), **self.offsets}
+        defines = {**records.c_defines(max_depth=max_depth, ringbuf_bytes=ringbuf_bytes), **self.offsets,
+                   **offsets_mod.windows(self.offsets)}
         cflags = [f"-D{k}={v}" for k, v in sorted(defines.items())]
         cflags += [f"-I{_bpf_dir()}", "-Wno-unused-function", "-Wno-macro-redefined"]
         # Everything is pasted into the main file: bcc rewrites map calls (`events.ringbuf_output`) and

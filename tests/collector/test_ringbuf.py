@@ -43,22 +43,27 @@ def test_burst_overflows_a_small_ring_buffer_and_every_loss_is_counted(small, tm
 
         c.on_event = count
         c.drain()
-        read0, before = c.reader.records, _totals(c)
+        before = _totals(c)
         path = os.fsencode(tmp_path / "burst")
         open(path, "wb").close()
         libc.open.restype = ctypes.c_int
         for _ in range(BURST):  # open+close as fast as ctypes goes, and nobody reads meanwhile
             libc.close(libc.open(path, os.O_RDONLY))
         time.sleep(0.05)
-        for _ in range(50):  # drain to quiescence: records read == records the kernel says it emitted
+        # at a quiet moment every record the kernel says it emitted has been read: the reader loses nothing
+        consistent = False
+        for _ in range(200):
             c.drain()
             after = _totals(c)
-            if c.drain() == 0 and c.reader.records - read0 == after["emitted"] - before["emitted"]:
+            if c.drain() == 0 and c.reader.records == after["emitted"] == _totals(c)["emitted"]:
+                consistent = True
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
+        assert consistent, f"read {c.reader.records} records, kernel emitted {after['emitted']}"
         delta = {k: after[k] - before[k] for k in after}
         assert delta["open_lost"] > 0, "a 256 KiB ring buffer cannot hold 200k records: loss must be counted"
-        assert c.reader.records - read0 == delta["emitted"]
+        # each of our opens was either read or counted as lost (other processes' opens, lost too while the
+        # ring was full, add to the count: the machine is shared)
         assert ours < BURST <= ours + delta["open_lost"]
         # seen = filtered + emitted + lost, up to syscalls still in flight elsewhere on the machine
         assert abs(delta["open_seen"] - delta["open_filtered"] - delta["open_emitted"] - delta["open_lost"]) < 50
