@@ -12,20 +12,45 @@ Field order below must follow the schema; the test fails when the schema changes
 """
 from __future__ import annotations
 
+import struct
+
 from fimstream.collector.event import (EVENT_TYPES, H_AUID, H_CGROUP, H_COMM, H_EGID, H_EUID, H_GID, H_PID, H_PPID,
                                        H_SESSION, H_START, H_TID, H_UID, Event, FileRef)
 from fimstream.collector.proctable import ProcInfo, ProcTable
 from fimstream.schemas.codec import EventIds, avro_long
 
 _TABLE_BITS = 14
-_SMALL = [avro_long((z >> 1) ^ -(z & 1)) for z in range(1 << _TABLE_BITS)]  # indexed by the zig-zag value
+_SMALL = [avro_long((z >> 1) ^ -(z & 1)) for z in range(1 << _TABLE_BITS)]  # varint of a zig-zag value
 _LIMIT = 1 << _TABLE_BITS
+# two varint groups of 7 bits, both with the continuation bit: the low 14 bits of a larger value
+_CONT = [bytes(((x & 0x7F) | 0x80, (x >> 7) | 0x80)) for x in range(1 << _TABLE_BITS)]
+_HIGH: dict[int, bytes] = {}  # varint of z >> 28: timestamps share it for ~130 ms, inodes and devices for ever
 FILE_CACHE_MAX = 1 << 16
 
 
 def enc_long(n: int) -> bytes:
+    """Avro long by table lookups: a varint is little-endian 7-bit groups, so a large value is the low
+    groups (from _CONT) followed by the varint of what is left (_SMALL or the _HIGH cache)."""
     z = (n << 1) ^ (n >> 63)
-    return _SMALL[z] if 0 <= z < _LIMIT else avro_long(n)
+    if z < _LIMIT:
+        return _SMALL[z]
+    if z < 1 << 28:
+        return _CONT[z & 0x3FFF] + _SMALL[z >> 14]
+    high = _HIGH.get(z >> 28)
+    if high is None:
+        if len(_HIGH) > 4096:
+            _HIGH.clear()
+        high = _HIGH[z >> 28] = _varint(z >> 28)
+    return _CONT[z & 0x3FFF] + _CONT[(z >> 14) & 0x3FFF] + high
+
+
+def _varint(z: int) -> bytes:
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
 
 
 def enc_bytes(b: bytes) -> bytes:
@@ -49,6 +74,7 @@ NULL = b"\x00"
 EMPTY = b"\x00"  # empty array / map
 TRUE, FALSE = b"\x01", b"\x00"
 _TYPE_ENC = [enc_long(i) for i in range(len(EVENT_TYPES))]
+_U64BE = struct.Struct(">Q").pack
 
 
 class RawEncoder:
@@ -57,7 +83,10 @@ class RawEncoder:
         self.procs = procs
         self.boot_offset_ns = boot_offset_ns
         self.ids = ids or EventIds()
-        self._syscalls: dict[str, bytes] = {}
+        self._id_prefix = self.ids.prefix
+        self._seq = 0
+        self._heads: dict[tuple[int, str], bytes] = {}
+        self._tails: dict[tuple, bytes] = {}
         self._files: dict[bytes, bytes] = {}
         self.stats = {"process_blocks": 0, "file_hits": 0, "file_misses": 0}
 
@@ -83,7 +112,12 @@ class RawEncoder:
         return b"".join(parts)
 
     def process_for(self, ev: Event) -> tuple[ProcInfo, bytes]:
-        info = self.procs.get(ev.hdr[H_PID], ev.hdr)
+        info = self.procs.procs.get(ev.hdr[H_PID])
+        if info is not None:  # fast path: the signature holds the start time, so a hit is this process
+            block = info.blocks.get(ev.sig)
+            if block is not None:
+                return info, block
+        info = self.procs.get(ev.hdr[H_PID], ev.hdr)  # miss: validates the start time, loads from /proc
         block = info.blocks.get(ev.sig)
         if block is None:
             block = info.blocks[ev.sig] = self.process_block(info, ev.hdr)
@@ -119,25 +153,26 @@ class RawEncoder:
 
     # ----------------------------------------------------------------------------------- events
     def encode(self, ev: Event, process: bytes) -> bytes:
-        sc = self._syscalls.get(ev.syscall)
-        if sc is None:
-            sc = self._syscalls[ev.syscall] = enc_str(ev.syscall)
+        head = self._heads.get((ev.type, ev.syscall))
+        if head is None:  # event type + syscall + host: a handful of combinations
+            head = self._heads[(ev.type, ev.syscall)] = _TYPE_ENC[ev.type] + enc_str(ev.syscall) + self.host_enc
+        tail_key = (ev.flags, ev.mode, ev.owner_uid, ev.owner_gid, ev.exit_code)
+        tail = self._tails.get(tail_key)
+        if tail is None:  # flags .. exit_code, net and cred null: few distinct values in practice
+            if len(self._tails) > 4096:
+                self._tails.clear()
+            tail = self._tails[tail_key] = b"".join((
+                enc_long(ev.flags), enc_long(ev.mode), enc_long(ev.owner_uid), enc_long(ev.owner_gid),
+                NULL, NULL, enc_long(ev.exit_code)))
+        self._seq += 1
         return b"".join((
-            self.ids.next(),
+            self._id_prefix, _U64BE(self._seq),
             enc_long(ev.hdr[3] + self.boot_offset_ns),  # H_KTIME: boot-time clock -> wall clock
-            _TYPE_ENC[ev.type],
-            sc,
-            self.host_enc,
+            head,
             enc_long(ev.retval),
             process,
             self.file_block(ev.file),
-            self.file_block(ev.target),
-            enc_long(ev.flags),
-            enc_long(ev.mode),
-            enc_long(ev.owner_uid),
-            enc_long(ev.owner_gid),
-            NULL,  # net
-            NULL,  # cred
-            enc_long(ev.exit_code),
-            self.attrs_block(ev.attrs),
+            self.file_block(ev.target) if ev.target is not None else NULL,
+            tail,
+            self.attrs_block(ev.attrs) if ev.attrs else EMPTY,
         ))

@@ -50,8 +50,19 @@ class ExecInfo:
 
 
 class Event:
-    __slots__ = ("kind", "type", "syscall", "hdr", "sig", "retval", "file", "target", "flags", "mode",
-                 "owner_uid", "owner_gid", "exit_code", "attrs", "exec", "child_pid", "child_start")
+    """Fields a decoder does not set keep the class defaults (cheaper than setting all of them)."""
+
+    file: FileRef | None = None
+    target: FileRef | None = None
+    flags = 0
+    mode = 0
+    owner_uid = -1
+    owner_gid = -1
+    exit_code = 0
+    attrs: dict[str, str] | None = None
+    exec: ExecInfo | None = None
+    child_pid = 0
+    child_start = 0
 
     def __init__(self, kind: int, etype: int, syscall: str, hdr: tuple, sig: bytes):
         self.kind = kind
@@ -60,17 +71,6 @@ class Event:
         self.hdr = hdr  # records.HEADER tuple
         self.sig = sig  # header bytes 24..92: the thread's process context
         self.retval = hdr[H_RETVAL]
-        self.file: FileRef | None = None
-        self.target: FileRef | None = None
-        self.flags = 0
-        self.mode = 0
-        self.owner_uid = -1
-        self.owner_gid = -1
-        self.exit_code = 0
-        self.attrs: dict[str, str] | None = None
-        self.exec: ExecInfo | None = None
-        self.child_pid = 0
-        self.child_start = 0
 
     @property
     def pid(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 
 from fimstream.collector import records as R
 from fimstream.collector.event import TYPE_INDEX, Event, FileRef
@@ -23,6 +24,10 @@ _FI_SIZE = R.FILE_INFO.size
 _to_st_dev = R.kernel_dev_to_st_dev
 _SIG0, _SIG1 = R.SIG_START, R.SIG_END
 _BODY = R.HEADER_SIZE
+_OPEN_REC = struct.Struct("<" + R.HEADER.format[1:] + R.OPEN_BODY.format[1:] + R.FILE_INFO.format[1:]).unpack_from
+_OPEN_FI = R.HEADER_SIZE + R.OPEN_BODY.size
+_SC_NAMES = R.SYSCALL_NAMES
+_DEVS: dict[int, int] = {}  # kernel dev_t -> st_dev
 
 
 class SlotReader:
@@ -75,18 +80,28 @@ class FileSensor(Sensor):
         return Event(kind, etype, R.SYSCALL_NAMES.get(sc, str(sc)), hdr, bytes(data[off + _SIG0:off + _SIG1]))
 
     def decode_open(self, data, off: int, length: int) -> Event:
-        body = off + _BODY
-        sc, dfd, flags, mode, resolve, fmode, _ = R.OPEN_BODY.unpack_from(data, body)
-        ev = self._event(data, off, R.RK_OPEN, T_CREATE if fmode & FMODE_CREATED else T_OPEN, sc)
-        fi = body + R.OPEN_BODY.size
-        follow = not flags & O_NOFOLLOW
-        ev.file, root, _ = self.slots.slot(data, fi, fi + _FI_SIZE, ev.hdr[7], follow)
-        if ev.retval < 0 and ev.retval != -errno.ENOENT:
-            stat_into(ev.file, root, follow)  # e.g. EACCES: the file exists, say which one
+        # the hottest record: header, body and file slot in one unpack, the fd-based slot inline
+        t = _OPEN_REC(data, off)
+        sc, flags, fmode, ino, dev, nlink, uid, gid, fmode_inode, pflags, str_len, path_len = (
+            t[17], t[19], t[22], t[24], t[25], t[26], t[27], t[28], t[29], t[30], t[31], t[32])
+        ev = Event(R.RK_OPEN, T_CREATE if fmode & FMODE_CREATED else T_OPEN, _SC_NAMES.get(sc, "open"), t[:17],
+                   bytes(data[off + _SIG0:off + _SIG1]))
+        fi = off + _OPEN_FI
+        if not str_len and not pflags & R.PF_UNRESOLVED:  # from the returned fd: the kernel's true path
+            key = bytes(data[fi:fi + _FI_SIZE + path_len])
+            st_dev = _DEVS.get(dev)
+            if st_dev is None:
+                st_dev = _DEVS[dev] = _to_st_dev(dev)
+            ev.file = FileRef(key[_FI_SIZE:], pflags, st_dev, ino, nlink, fmode_inode, uid, gid, key)
+        else:
+            follow = not flags & O_NOFOLLOW
+            ev.file, root, _ = self.slots.slot(data, fi, fi + _FI_SIZE, t[7], follow)
+            if ev.retval < 0 and ev.retval != -errno.ENOENT:
+                stat_into(ev.file, root, follow)  # e.g. EACCES: the file exists, say which one
         ev.flags = flags
-        ev.mode = mode
-        if resolve:
-            ev.attrs = {"resolve": hex(resolve)}
+        ev.mode = t[20]
+        if t[21]:
+            ev.attrs = {"resolve": hex(t[21])}
         return ev
 
     def decode_unlink(self, data, off: int, length: int) -> Event:

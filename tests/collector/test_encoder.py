@@ -4,6 +4,7 @@ comm and paths, negative results, unset owners, large inodes, attrs, ancestors).
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 
 import pytest
@@ -57,9 +58,15 @@ def check(events: list[Event], procs: ProcTable) -> None:
     assert codecs.raw.decode_batch(codecs.raw.frame_encoded(bodies)) == expected
 
 
-def test_small_integer_table_matches_the_codec():
-    for n in [0, 1, -1, 63, -64, 64, 8191, -8192, 8192, -8193, 2**31, -2**31, 2**63 - 1, -2**63]:
-        assert enc_long(n) == avro_long(n)
+def test_table_driven_longs_match_the_codec():
+    edges = [0, 1, -1, 63, -64, 64, 8191, -8192, 8192, -8193, 2**31, -2**31, 2**63 - 1, -2**63]
+    for bits in (13, 14, 27, 28, 41, 42, 55, 56, 62):
+        edges += [2**bits - 1, 2**bits, 2**bits + 1, -2**bits, -2**bits - 1]
+    rng = random.Random(7)
+    edges += [rng.randrange(-2**63, 2**63) for _ in range(20000)]
+    edges += [1_763_700_000_000_000_000 + rng.randrange(10**12) for _ in range(5000)]  # timestamps
+    for n in edges:
+        assert enc_long(n) == avro_long(n), n
 
 
 def test_event_types_match_the_schema():
