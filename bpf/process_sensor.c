@@ -16,6 +16,8 @@ struct exec_body {        /* RK_EXEC; variable part: exe (file slot), filename, 
     u16 pad;
     u32 sc;               /* SC_EXECVE / SC_EXECVEAT; 0 for an exec the kernel started */
     s32 dfd;
+    u32 mnt_ns;           /* mount namespace inode: tells userspace whose root paths are relative to */
+    u32 pad2;
 };
 
 struct fork_body {        /* RK_FORK: the header is the parent's */
@@ -53,6 +55,7 @@ TP(sched, sched_process_exec)
         if (old_tid != tid)
             inflight.delete(&old_tid);                /* its sys_exit runs under the new tid */
     }
+    b->mnt_ns = rd32(rd64(TASK64(s, O_TASK_NSPROXY) + O_NSPROXY_MNT_NS) + O_MNT_NS_INUM);
     u64 mm = TASK64(s, O_TASK_MM);
     slot_file(s, &b->exe, rd64(mm + O_MM_EXE_FILE));
     u32 loc = args->data_loc_filename;

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+import time
 
 from fimstream.collector.records import PF_DEPTH, PF_OUTSIDE_ROOT, PF_TRUNCATED, PF_UNRESOLVED
 
@@ -93,13 +94,22 @@ def resolve_in_root(root: bytes, path: bytes, follow_last: bool) -> tuple[bytes,
 
 class Resolver:
     """Resolves unresolved file slots for the collector; `root_of(pid)` says where a process's root is
-    when /proc/<pid> is gone (the process cache knows whether its root was ours)."""
+    when /proc/<pid> is gone (the process cache knows whether its root was ours).
+
+    Directory resolutions are cached for DIR_TTL seconds per (root, directory): failed opens along a
+    search path (ld.so, Python imports, locale files) ask for the same few directories thousands of
+    times a second. A directory renamed within that window may resolve to its old place (this whole
+    step is after the fact anyway)."""
+
+    DIR_TTL = 0.5
+    DIR_CACHE_MAX = 8192
 
     def __init__(self, root_of=None, proc: bytes = b"/proc"):
         self.proc = proc
         self.root_of = root_of or (lambda pid: None)
         self.resolved = 0
         self.unresolved = 0
+        self._dirs: dict[tuple[bytes, bytes], tuple[float, bytes, bool]] = {}
 
     def root_prefix(self, pid: int) -> bytes | None:
         prefix = b"%s/%d/root" % (self.proc, pid)
@@ -108,6 +118,23 @@ class Resolver:
             return prefix
         except OSError:
             return self.root_of(pid)  # b"" when the process shared our root, None when unknown
+
+    def _dir(self, root: bytes, directory: bytes) -> tuple[bytes, bool]:
+        now = time.monotonic()
+        key = (root, directory)
+        hit = self._dirs.get(key)
+        if hit is not None and now - hit[0] < self.DIR_TTL:
+            return hit[1], hit[2]
+        path, ok = resolve_in_root(root, directory, True)
+        if ok:  # resolve_in_root accepts an absent last component; a directory must exist
+            try:
+                ok = stat_mod.S_ISDIR(os.stat(root + path).st_mode)
+            except OSError:
+                ok = False
+        if len(self._dirs) >= self.DIR_CACHE_MAX:
+            self._dirs.clear()
+        self._dirs[key] = (now, path, ok)
+        return path, ok
 
     def resolve(self, pid: int, base: bytes, base_flags: int, name: bytes, follow_last: bool
                 ) -> tuple[bytes, int, bytes | None]:
@@ -129,7 +156,18 @@ class Resolver:
         if root is None:
             self.unresolved += 1
             return lexical(joined), flags | PF_UNRESOLVED, None
-        path, ok = resolve_in_root(root, joined, follow_last)
+        parent, _, leaf = joined.rstrip(b"/").rpartition(b"/")
+        if leaf in (b"", b".", b".."):
+            path, ok = resolve_in_root(root, joined, follow_last)
+        else:
+            directory, ok = self._dir(root, parent or b"/")
+            path = (directory.rstrip(b"/") + b"/" + leaf) if ok else lexical(joined)
+            if ok and follow_last:
+                try:
+                    if stat_mod.S_ISLNK(os.lstat(root + path).st_mode):
+                        path, ok = resolve_in_root(root, path, True)
+                except OSError:
+                    pass  # absent leaf: what a failed open or a removal names
         if ok:
             self.resolved += 1
             return path, flags, root

@@ -33,7 +33,7 @@ class ProcessSensor(Sensor):
 
     def decode_exec(self, data, off: int, length: int) -> Event:
         body = off + _BODY
-        fname_len, args_len, args_flags, _, sc, dfd = R.EXEC_BODY.unpack_from(data, body + _FI_SIZE)
+        fname_len, args_len, args_flags, _, sc, dfd, mnt_ns, _ = R.EXEC_BODY.unpack_from(data, body + _FI_SIZE)
         ev = self._event(data, off, R.RK_EXEC, T_EXEC, R.SYSCALL_NAMES.get(sc, "kernel_execve"))
         pid = ev.hdr[7]
         var = body + _FI_SIZE + R.EXEC_BODY.size
@@ -46,7 +46,7 @@ class ProcessSensor(Sensor):
         if filename and filename != ev.file.path:
             ev.attrs = {"filename": text(filename)}  # a script, a symlink, or a relative name
         if ev.retval == 0:
-            self.procs.on_exec(pid, ev.hdr, ev.file.path, ev.file.ino, ev.file.dev, args, truncated)
+            self.procs.on_exec(pid, ev.hdr, ev.file.path, ev.file.ino, ev.file.dev, args, truncated, mnt_ns)
         return ev
 
     def decode_fork(self, data, off: int, length: int) -> Event:

@@ -87,6 +87,7 @@ class ProcTable:
         self.proc = proc
         self.procs: dict[int, ProcInfo] = {}
         self._self_root = self._root_key("self")
+        self._self_mnt_ns = os.stat(f"{proc}/self/ns/mnt").st_ino
         self.stats = {"seeded": 0, "loaded": 0, "from_header": 0, "reused_pids": 0, "swept": 0}
 
     # -------------------------------------------------------------------------------- /proc
@@ -239,7 +240,7 @@ class ProcTable:
         return child
 
     def on_exec(self, pid: int, hdr: tuple, exe: bytes, exe_ino: int, exe_dev: int, args: list[bytes],
-                args_truncated: bool) -> ProcInfo:
+                args_truncated: bool, mnt_ns: int = 0) -> ProcInfo:
         old = self.procs.get(pid)
         info = ProcInfo(pid, hdr[H_PPID], hdr[H_START])
         if old is not None:
@@ -250,9 +251,8 @@ class ProcTable:
         info.exe, info.exe_ino, info.exe_dev = exe, exe_ino, exe_dev
         info.args, info.args_truncated = args, args_truncated
         self._read_cgroup(info)  # runtimes move a process into its container's cgroup before exec
-        if info.root_shared is None:
-            key = self._root_key(pid)
-            info.root_shared = None if key is None else key == self._self_root
+        if mnt_ns:  # from the kernel record, so it is known even when the process is already gone
+            info.root_shared = mnt_ns == self._self_mnt_ns and info.root_shared is not False
         info.source = "exec"
         self.procs[pid] = info  # a new object: Process blocks cached on the old one are dropped with it
         return info

@@ -67,7 +67,8 @@ UNLINK_BODY = struct.Struct("<IiII")  # sc, dfd, flags, pad
 RENAME_BODY = struct.Struct("<IIii")  # sc, flags, olddfd, newdfd; then src, dst
 CHMOD_BODY = struct.Struct("<IiII")  # sc, dfd, mode, flags
 CHOWN_BODY = struct.Struct("<IiIIII")  # sc, dfd, uid, gid, flags, pad
-EXEC_BODY = struct.Struct("<HHHHIi")  # after exe file_info: filename_len, args_len, args_flags, pad, sc, dfd
+EXEC_BODY = struct.Struct("<HHHHIiII")  # after exe file_info: filename_len, args_len, args_flags, pad, sc, dfd,
+#                                         mnt_ns, pad
 FORK_BODY = struct.Struct("<IIQ")  # child_pid, pad, child_start_time
 EXIT_BODY = struct.Struct("<iI")  # exit_code, pad
 

@@ -282,3 +282,16 @@ def test_resolve_in_a_foreign_root(tmp_path):
     os.symlink("loop", root / "loop")
     assert resolve_in_root(b(root), b"/loop/x", follow_last=False)[1] is False
     assert lexical(b"/a//b/./c/../d/") == b"/a/b/d"
+
+
+@root_only
+def test_strings_of_processes_that_already_exited_are_still_resolved(capture, d):
+    """`rm` is gone before its record is decoded: its root is known from its exec record (mount
+    namespace) and its fork (inherited), not from /proc."""
+    (d / "real").mkdir()
+    os.symlink(d / "real", d / "lnk")
+    (d / "real" / "x").write_bytes(b"")
+    events = capture(lambda: subprocess.run(["rm", str(d / "lnk" / "x")], check=True), children=True, settle=0.3)
+    ev = only(events, "unlink")
+    assert not os.path.exists(f"/proc/{ev.pid}")
+    assert (ev.file.path, ev.file.flags) == (b(d / "real" / "x"), 0)
