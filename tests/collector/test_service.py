@@ -163,3 +163,26 @@ def test_broker_down_drains_the_kernel_and_counts_userspace_drops(settings, tmp_
     assert counters["events_dropped"] >= 20000 - 2000  # counted, not silent
     assert counters["ringbuf_lost"] == 0  # the kernel side never waited on Kafka: the kernel side never waited on Kafka
     assert stop_seconds < 10
+
+
+def test_drops_are_reported_as_a_loss_event_on_the_raw_topic(settings, tmp_path):
+    path = tmp_path / "burst"
+    path.write_bytes(b"")
+    burst = f"import os\nfor _ in range(5000): os.close(os.open({str(path)!r}, os.O_RDONLY))"
+
+    async def main():
+        stop, health, task = await _start(settings, max_buffered_events=50)
+        try:
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", burst)
+            await proc.wait()
+            records, _ = await _consume(settings, lambda recs: any(r["event_type"] == "loss" for r in recs))
+        finally:
+            stop.set()
+            await task
+        return records, health.snapshot()["counters"]
+
+    records, counters = asyncio.run(main())
+    loss = [r for r in records if r["event_type"] == "loss"]
+    assert loss, "drops must be published, not only logged"
+    assert sum(int(r["attrs"]["userspace_dropped"]) for r in loss) <= counters["events_dropped"]
+    assert int(loss[0]["attrs"]["userspace_dropped"]) > 0 and loss[0]["host"] == settings.host
