@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 
 from fimstream.collector.event import (EVENT_TYPES, H_AUID, H_CGROUP, H_COMM, H_EGID, H_EUID, H_GID, H_PID, H_PPID,
-                                       H_SESSION, H_START, H_TID, H_UID, Event, FileRef)
+                                       H_SESSION, H_START, H_TID, H_UID, Event, FileRef, KernelFile)
 from fimstream.collector.proctable import ProcInfo, ProcTable
 from fimstream.schemas.codec import EventIds, avro_long
 
@@ -123,7 +123,7 @@ class RawEncoder:
             block = info.blocks[ev.sig] = self.process_block(info, ev.hdr)
         return info, block
 
-    def file_block(self, f: FileRef | None) -> bytes:
+    def file_block(self, f: FileRef | KernelFile | None) -> bytes:
         """The ["null", File] union."""
         if f is None:
             return NULL
@@ -132,8 +132,9 @@ class RawEncoder:
             if block is not None:
                 self.stats["file_hits"] += 1
                 return block
-        block = b"".join((b"\x02", enc_bytes(f.path), enc_long(f.flags), enc_long(f.dev), enc_long(f.ino),
-                          enc_long(f.nlink), enc_long(f.mode), enc_long(f.uid), enc_long(f.gid)))
+        path, flags, dev, ino, nlink, mode, uid, gid = f.avro_fields()
+        block = b"".join((b"\x02", enc_bytes(path), enc_long(flags), enc_long(dev), enc_long(ino),
+                          enc_long(nlink), enc_long(mode), enc_long(uid), enc_long(gid)))
         if f.key is not None:
             self.stats["file_misses"] += 1
             if len(self._files) >= FILE_CACHE_MAX:

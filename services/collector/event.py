@@ -40,6 +40,52 @@ class FileRef:
         return f"FileRef({self.path!r}, flags={self.flags}, ino={self.ino})"
 
 
+    def avro_fields(self) -> tuple:
+        return self.path, self.flags, self.dev, self.ino, self.nlink, self.mode, self.uid, self.gid
+
+
+class KernelFile:
+    """A file slot the kernel filled from a struct file: its raw bytes (file_info + path) are all there is
+    to keep, and the encoder's cache hit needs nothing else, so fields are parsed only when asked."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes):
+        self.key = key
+
+    def avro_fields(self) -> tuple:
+        ino, dev, nlink, uid, gid, mode, flags, _, _ = R.FILE_INFO.unpack_from(self.key)
+        return self.key[R.FILE_INFO.size:], flags, st_dev(dev), ino, nlink, mode, uid, gid
+
+    path = property(lambda self: self.key[R.FILE_INFO.size:])
+    flags = property(lambda self: self.avro_fields()[1])
+    dev = property(lambda self: self.avro_fields()[2])
+    ino = property(lambda self: self.avro_fields()[3])
+    nlink = property(lambda self: self.avro_fields()[4])
+    mode = property(lambda self: self.avro_fields()[5])
+    uid = property(lambda self: self.avro_fields()[6])
+    gid = property(lambda self: self.avro_fields()[7])
+
+    def to_record(self) -> dict:
+        path, flags, dev, ino, nlink, mode, uid, gid = self.avro_fields()
+        return {"path": path, "path_flags": flags, "dev": dev, "ino": ino, "nlink": nlink, "mode": mode,
+                "uid": uid, "gid": gid}
+
+    def __repr__(self) -> str:
+        return f"KernelFile({self.path!r}, flags={self.flags}, ino={self.ino})"
+
+
+_DEVS: dict[int, int] = {}
+
+
+def st_dev(dev: int) -> int:
+    """Kernel dev_t -> st_dev, memoised (a machine has a handful of devices)."""
+    out = _DEVS.get(dev)
+    if out is None:
+        out = _DEVS[dev] = R.kernel_dev_to_st_dev(dev)
+    return out
+
+
 class ExecInfo:
     __slots__ = ("exe", "exe_ino", "exe_dev", "args", "args_truncated", "filename")
 

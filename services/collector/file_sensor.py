@@ -7,7 +7,7 @@ import os
 import struct
 
 from fimstream.collector import records as R
-from fimstream.collector.event import TYPE_INDEX, Event, FileRef
+from fimstream.collector.event import TYPE_INDEX, Event, FileRef, KernelFile
 from fimstream.collector.paths import Resolver
 from fimstream.collector.sensor import Sensor
 
@@ -21,13 +21,11 @@ T_OPEN, T_CREATE, T_UNLINK, T_RMDIR, T_RENAME, T_CHMOD, T_CHOWN = (
 _HDR = R.HEADER.unpack_from
 _FI = R.FILE_INFO.unpack_from
 _FI_SIZE = R.FILE_INFO.size
-_to_st_dev = R.kernel_dev_to_st_dev
 _SIG0, _SIG1 = R.SIG_START, R.SIG_END
 _BODY = R.HEADER_SIZE
 _OPEN_REC = struct.Struct("<" + R.HEADER.format[1:] + R.OPEN_BODY.format[1:] + R.FILE_INFO.format[1:]).unpack_from
 _OPEN_FI = R.HEADER_SIZE + R.OPEN_BODY.size
 _SC_NAMES = R.SYSCALL_NAMES
-_DEVS: dict[int, int] = {}  # kernel dev_t -> st_dev
 
 
 class SlotReader:
@@ -41,9 +39,9 @@ class SlotReader:
         ino, dev, nlink, uid, gid, mode, pflags, str_len, path_len = _FI(data, fi_off)
         if not str_len and not pflags & R.PF_UNRESOLVED:  # walked from a struct file: the kernel's truth
             end = var + path_len
-            path = bytes(data[var:end])
-            key = bytes(data[fi_off:fi_off + _FI_SIZE]) + path
-            return FileRef(path, pflags, _to_st_dev(dev), ino, nlink, mode, uid, gid, key), None, end
+            if var == fi_off + _FI_SIZE:
+                return KernelFile(bytes(data[fi_off:end])), None, end
+            return KernelFile(bytes(data[fi_off:fi_off + _FI_SIZE]) + bytes(data[var:end])), None, end
         name = bytes(data[var:var + str_len])
         var += str_len
         base = bytes(data[var:var + path_len])
@@ -82,17 +80,12 @@ class FileSensor(Sensor):
     def decode_open(self, data, off: int, length: int) -> Event:
         # the hottest record: header, body and file slot in one unpack, the fd-based slot inline
         t = _OPEN_REC(data, off)
-        sc, flags, fmode, ino, dev, nlink, uid, gid, fmode_inode, pflags, str_len, path_len = (
-            t[17], t[19], t[22], t[24], t[25], t[26], t[27], t[28], t[29], t[30], t[31], t[32])
+        sc, flags, fmode, pflags, str_len, path_len = t[17], t[19], t[22], t[30], t[31], t[32]
         ev = Event(R.RK_OPEN, T_CREATE if fmode & FMODE_CREATED else T_OPEN, _SC_NAMES.get(sc, "open"), t[:17],
                    bytes(data[off + _SIG0:off + _SIG1]))
         fi = off + _OPEN_FI
         if not str_len and not pflags & R.PF_UNRESOLVED:  # from the returned fd: the kernel's true path
-            key = bytes(data[fi:fi + _FI_SIZE + path_len])
-            st_dev = _DEVS.get(dev)
-            if st_dev is None:
-                st_dev = _DEVS[dev] = _to_st_dev(dev)
-            ev.file = FileRef(key[_FI_SIZE:], pflags, st_dev, ino, nlink, fmode_inode, uid, gid, key)
+            ev.file = KernelFile(bytes(data[fi:fi + _FI_SIZE + path_len]))
         else:
             follow = not flags & O_NOFOLLOW
             ev.file, root, _ = self.slots.slot(data, fi, fi + _FI_SIZE, t[7], follow)
