@@ -177,7 +177,14 @@ def query_main(settings: Settings, sql: str, fmt: str = "table", write: bool = F
     """`fimstream query [--format table|json|csv|tsv] [--write] [--raw] "SQL"`; returns the exit code."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
-    client, where = connect(settings, write=write)
+    if not write and not READ_STATEMENT.match(sql):
+        err.write("fimstream: only reads (SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN) without --write\n")
+        return 2
+    try:
+        client, where = connect(settings, write=write)
+    except PermissionError as e:
+        err.write(f"fimstream: {e}\n")
+        return 2
     direct = where.startswith("embedded")
     t0 = time.monotonic()
     try:
@@ -187,8 +194,6 @@ def query_main(settings: Settings, sql: str, fmt: str = "table", write: bool = F
             if fmt == "table":
                 err.write(f"{len(rows)} row{'s' if len(rows) != 1 else ''} in {time.monotonic() - t0:.3f}s ({where})\n")
         else:
-            if not write:
-                raise PermissionError("only reads (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN) without --write")
             result = client.command(sql)
             if result not in (None, ""):
                 out.write(f"{result}\n" if not isinstance(result, (list, tuple)) else "\t".join(map(str, result)) + "\n")

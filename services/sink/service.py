@@ -150,7 +150,7 @@ def _arrow(table: store.Table, items: list[Item]) -> pa.Table:
 
 
 class Sink:
-    def __init__(self, settings: Settings, health: Health, batch_rows: int = 20000, batch_age: float = 0.5,
+    def __init__(self, settings: Settings, health: Health, batch_rows: int = 50000, batch_age: float = 0.5,
                  ttl_days: int = 0, max_retry_delay: float = 10.0, poll_records: int = 200):
         self.settings = settings
         self.health = health
@@ -347,7 +347,7 @@ class Sink:
         await self.wait_inflight()
 
 
-async def run(settings: Settings, stop: asyncio.Event, health: Health, *, batch_rows: int = 20000,
+async def run(settings: Settings, stop: asyncio.Event, health: Health, *, batch_rows: int = 50000,
               batch_age: float = 0.5, serve_queries: bool = True, query_writable: bool = False,
               ttl_days: int | None = None, max_retry_delay: float = 10.0, drain_timeout: float = 20.0,
               **_options) -> None:
