@@ -219,7 +219,7 @@ class Sink:
         it (back-pressure without a rebalance); records of partitions assigned meanwhile are kept."""
         if self.inflight is None:
             return
-        t0 = time.monotonic()
+        t0 = last_lag = time.monotonic()
         while not self.inflight.done():
             done, _ = await asyncio.wait({self.inflight}, timeout=0.5)
             if done:
@@ -227,6 +227,9 @@ class Sink:
             self.consumer.pause(*self.consumer.assignment())
             got = await self.consumer.getmany(timeout_ms=0)
             await self.add([m for part in got.values() for m in part])
+            if time.monotonic() - last_lag > 5:
+                await self.update_lag(fresh=True)
+                last_lag = time.monotonic()
         waited = time.monotonic() - t0
         if waited > 0.5:
             self.stats.backpressure_ms += waited * 1000
@@ -289,9 +292,18 @@ class Sink:
             self.stats.commit_failures += 1
             log.warning("commit failed (%s); the rows are stored and will be replayed by the new owner", e)
 
-    async def update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
+    async def update_lag(self, fresh: bool = False) -> None:
+        """Lag per partition from the fetch metadata, or (fresh) from the broker: while the consumer is
+        paused nothing is fetched, and `fimstream status` must still see the lag grow."""
+        tps = list(self.consumer.assignment())
+        ends: dict = {}
+        if fresh and tps:
+            try:
+                ends = await self.consumer.end_offsets(tps)
+            except KafkaError:
+                return
+        for tp in tps:
+            hw = ends.get(tp) if fresh else self.consumer.highwater(tp)
             if hw is None:
                 continue
             try:

@@ -218,6 +218,8 @@ def test_store_outage_retries_applies_back_pressure_and_loses_nothing(sink_setti
                 await publish(sets[2])
                 await asyncio.sleep(2)  # ... and nothing more is read while the store is down: back-pressure
                 assert _counters(health)["pending_rows"] == waiting and _counters(health)["rows_inserted"] == 0
+                # the unread messages show as lag, so `fimstream status` can say the sink is stuck
+                await _wait_for(lambda: _async(_counters(health)["lag"] >= 5), timeout=20, what="lag while paused")
                 endpoint = await asyncio.to_thread(
                     QueryEndpoint(tmp_path / "server", f"127.0.0.1:{port}", write_token=token).start)
                 await _wait_for(lambda: _stored(health, 1200), what="inserts after the outage")
