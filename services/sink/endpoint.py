@@ -172,7 +172,12 @@ class QueryEndpoint:
             pass
 
         Handler.endpoint = endpoint
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        except OSError as e:
+            self.stop()
+            raise OSError(e.errno, f"query endpoint cannot listen on {self.host}:{self.port}: {e.strerror} "
+                                   "(set query_listen to a free address)") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="query-endpoint", daemon=True)

@@ -171,7 +171,6 @@ class Sink:
         self.consumer = None
         self.sender: kafka.Sender | None = None
         self.dead: kafka.DeadLetters | None = None
-        self._stopping = False
 
     # -- consuming
     async def add(self, messages: list[ConsumerRecord]) -> None:
@@ -375,38 +374,41 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, batch_
     await kafka.ensure_topics(settings)
     sink = Sink(settings, health, batch_rows=batch_rows, batch_age=batch_age, ttl_days=ttl_days,
                 max_retry_delay=max_retry_delay)
-    endpoint = None
-    if store.is_embedded(settings.store_url):
-        # open the engine first: the endpoint and the inserts share it (and it fails fast if it is locked)
-        await asyncio.to_thread(sink.writer.insert, [])
-        if serve_queries:
-            from fimstream.sink.endpoint import QueryEndpoint
-
-            endpoint = QueryEndpoint(settings.chdb_path, settings.query_listen,
-                                     write_token=store.query_token(settings, create=True),
-                                     writable=query_writable).start()
-            health.info["query_endpoint"] = endpoint.url
-            health.add_source(lambda: {f"endpoint_{k}": v for k, v in endpoint.stats.items()})
-    producer = kafka.make_producer(settings)
-    await producer.start()
-    sink.sender = kafka.Sender(producer)
-    sink.dead = kafka.DeadLetters(sink.sender, settings.topics.deadletter, "sink")
-    sink.consumer = kafka.make_consumer(settings, settings.topics.enriched, settings.topics.alerts, group_id=GROUP)
-    await sink.consumer.start()
-    health.add_source(sink.counters)
-    health.info.update(store=store.redact_url(settings.store_url), group=GROUP)
-    health.status = "running"
-    log.info("sink running: %s, %s -> %s", settings.topics.enriched, settings.topics.alerts,
-             store.redact_url(settings.store_url))
+    endpoint = producer = None
     try:
-        await sink.run(stop)
-    finally:
-        health.status = "stopping"
-        await sink.drain(drain_timeout)
-        await sink.consumer.stop()
-        await sink.sender.drain()
-        await producer.stop()
+        if store.is_embedded(settings.store_url):
+            # open the engine first: the endpoint and the inserts share it (and it fails fast if it is locked)
+            await asyncio.to_thread(sink.writer.insert, [])
+            if serve_queries:
+                from fimstream.sink.endpoint import QueryEndpoint
+
+                endpoint = QueryEndpoint(settings.chdb_path, settings.query_listen,
+                                         write_token=store.query_token(settings, create=True),
+                                         writable=query_writable).start()
+                health.info["query_endpoint"] = endpoint.url
+                health.add_source(lambda: {f"endpoint_{k}": v for k, v in endpoint.stats.items()})
+        producer = kafka.make_producer(settings)
+        await producer.start()
+        sink.sender = kafka.Sender(producer)
+        sink.dead = kafka.DeadLetters(sink.sender, settings.topics.deadletter, "sink")
+        consumer = kafka.make_consumer(settings, settings.topics.enriched, settings.topics.alerts, group_id=GROUP)
+        await consumer.start()
+        sink.consumer = consumer
+        health.add_source(sink.counters)
+        health.info.update(store=store.redact_url(settings.store_url), group=GROUP)
+        health.status = "running"
+        log.info("sink running: %s, %s -> %s", settings.topics.enriched, settings.topics.alerts,
+                 store.redact_url(settings.store_url))
+        try:
+            await sink.run(stop)
+        finally:
+            health.status = "stopping"
+            await sink.drain(drain_timeout)
+            await sink.consumer.stop()
+            await sink.sender.drain()
+    finally:  # whatever failed, release the port, the producer and the chDB engine
+        if producer is not None:
+            await producer.stop()
         if endpoint is not None:
             endpoint.stop()
         await asyncio.to_thread(sink.writer.close)
-

@@ -278,3 +278,27 @@ def test_endpoint_answers_clickhouse_connect_while_the_sink_inserts(sink_setting
         assert any(0 < n < total for n in seen)  # answered while rows were still arriving
         assert counters["endpoint_queries"] >= len(seen) and counters["endpoint_errors"] == 0
     asyncio.run(main())
+
+
+def test_a_taken_query_port_fails_the_stage_and_releases_the_engine(sink_settings):
+    """The stage fails loudly (the supervisor restarts it) and leaves nothing open behind."""
+    import socket
+
+    import pytest
+
+    settings = sink_settings
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings.query_listen = f"127.0.0.1:{taken.getsockname()[1]}"
+
+        async def main():
+            await kafka.ensure_topics(settings)
+            async with running_stage("sink", settings):
+                await asyncio.sleep(0.1)
+
+        with pytest.raises(OSError, match="query_listen"):
+            asyncio.run(main())
+    # every handle was closed: this process may open another data path (chDB allows one at a time)
+    client = store.open_client(f"chdb://{settings.state_dir / 'another'}")
+    client.close()
