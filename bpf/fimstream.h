@@ -62,6 +62,8 @@ struct scratch {
     u64 task[W_TASK_LEN / 8];  /* one read of the current task's members (offsets.WINDOWS) */
     u32 len;              /* bytes of ev in use */
     u32 pos;              /* walk write position in path[] (the path is built backwards) */
+    u32 unannounced;      /* records output on this CPU since the last reader wake-up */
+    u32 pad;
 };
 
 struct inflight {         /* syscall arguments saved at sys_enter, used at sys_exit */
@@ -166,9 +168,17 @@ static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 ki
     return h;
 }
 
-/* Copy the finished record into the ring buffer; a full ring buffer is counted, never silent. */
+/* Copy the finished record into the ring buffer; a full ring buffer is counted, never silent.
+ * Wake-ups are batched: waking the reader for every record (the default when it keeps up) costs the
+ * traced syscall more than the record itself, so only every WAKE_EVERY-th record per CPU wakes it and
+ * the reader also polls on a short timer for the rest (service.py). */
 static __always_inline void emit(struct scratch *s, u32 kind)
 {
+    u64 flags = 1;                                    /* BPF_RB_NO_WAKEUP */
+    if (++s->unannounced >= WAKE_EVERY) {
+        s->unannounced = 0;
+        flags = 2;                                    /* BPF_RB_FORCE_WAKEUP */
+    }
     u64 len = s->len;
     if (len < sizeof(struct rec_hdr))
         return;
@@ -176,7 +186,7 @@ static __always_inline void emit(struct scratch *s, u32 kind)
     if (len > EV_SZ)
         len = EV_SZ;
     void *rec = s;                                    /* ev is first: (an array argument trips bcc's rewriter) */
-    if (events.ringbuf_output(rec, len, 0) == 0)
+    if (events.ringbuf_output(rec, len, flags) == 0)
         tally(kind, C_EMITTED);
     else
         tally(kind, C_LOST);

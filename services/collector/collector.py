@@ -113,6 +113,15 @@ class Collector:
             self.events += 1
             self.on_event(ev)
 
+    async def poll(self, stop, every: float = R.POLL_S, batch: int = 8192) -> None:
+        """The timer half of the wake-up scheme (emit() in fimstream.h wakes the reader every WAKE_EVERY
+        records per CPU): what arrives between wake-ups waits at most `every` seconds."""
+        import asyncio
+
+        while not stop.is_set():
+            await asyncio.sleep(every)
+            self.drain(batch)
+
     # --------------------------------------------------------------------------------- counters
     def kernel_counters(self) -> dict[str, dict[str, int]]:
         return self.program.read_counters()

@@ -73,8 +73,12 @@ FORK_BODY = struct.Struct("<IIQ")  # child_pid, pad, child_start_time
 EXIT_BODY = struct.Struct("<iI")  # exit_code, pad
 
 
+WAKE_EVERY = 64  # records per CPU between reader wake-ups (the reader also polls every POLL_S)
+POLL_S = 0.01
+
+
 def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, inflight_max: int = 16384,
-              ignore_max: int = 4096) -> dict[str, int]:
+              ignore_max: int = 4096, wake_every: int = WAKE_EVERY) -> dict[str, int]:
     """Every constant the C side needs, as -D macros (offsets come from offsets.compute)."""
     page = 4096
     if ringbuf_bytes & (ringbuf_bytes - 1) or ringbuf_bytes < page:
@@ -88,7 +92,7 @@ def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, infligh
                EV_SZ=EV_SZ, EV_VAR_MASK=EV_VAR_MASK, PATH_SZ=PATH_SZ, PATH_MASK=PATH_MASK, PATH_END=PATH_END,
                STR_MAX=STR_MAX, STR_MASK=STR_MASK, NAME_MAX_=NAME_MAX, ARGS_MAX=ARGS_MAX, ARGS_MASK=ARGS_MASK,
                MAX_DEPTH=max_depth, RINGBUF_PAGES=ringbuf_bytes // page, INFLIGHT_MAX=inflight_max,
-               IGNORE_MAX=ignore_max)
+               IGNORE_MAX=ignore_max, WAKE_EVERY=wake_every)
     return out
 
 

@@ -62,6 +62,7 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
         collector.drain(DRAIN_BATCH)
 
     loop.add_reader(collector.fd, readable)
+    polling = asyncio.create_task(collector.poll(stop, batch=DRAIN_BATCH))
     publishing = asyncio.create_task(publisher.run(stop))
     health.status = "running"
     log.info("collector running: ignoring pids %s", sorted(ignored))
@@ -86,6 +87,8 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
                 publishing.result()  # surface a crash of the publishing task
     finally:
         loop.remove_reader(collector.fd)
+        stop.set()
+        await polling
         collector.drain()
         stats.tick(time.monotonic())
         stop.set()
