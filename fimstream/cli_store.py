@@ -190,7 +190,8 @@ def query_main(settings: Settings, sql: str, fmt: str = "table", write: bool = F
     try:
         if READ_STATEMENT.match(sql):
             names, rows = run_query(client, sql, raw=raw, readonly=direct and not write)
-            write_rows(out, names, rows, fmt)
+            if names:  # an empty result carries no columns over Native
+                write_rows(out, names, rows, fmt)
             if fmt == "table":
                 err.write(f"{len(rows)} row{'s' if len(rows) != 1 else ''} in {time.monotonic() - t0:.3f}s ({where})\n")
         else:
@@ -242,10 +243,11 @@ def alerts_main(settings: Settings, since: str = "10m", as_json: bool = False, s
     if as_json:
         write_rows(out, names, rows, "json")
     else:
-        ti = names.index("time")
-        for row in rows:
-            row[ti] = row[ti][:23] if row[ti] else row[ti]  # ms are enough on a terminal
-        write_rows(out, names, rows, "table", max_cell=100)
+        if rows:
+            ti = names.index("time")
+            for row in rows:
+                row[ti] = row[ti][:23] if row[ti] else row[ti]  # ms are enough on a terminal
+            write_rows(out, names, rows, "table", max_cell=100)
         err.write(f"{len(rows)} alert{'s' if len(rows) != 1 else ''} in the last {since.strip()} ({where})\n")
     return 0
 

@@ -65,6 +65,10 @@ def _checks(settings, where):
     assert code == 0 and rules == ["recent-high", "recent-low"]  # newest first, the replayed copy shown once
     _, out, _ = _run(cli_store.alerts_main, settings, since="1h")
     assert len(out.splitlines()) == 5
+    code, out, err = _run(cli_store.alerts_main, settings, since="10m", severity="critical")
+    assert code == 0 and out == "" and "0 alerts" in err  # nothing recent that severe
+    code, out, err = _run(cli_store.query_main, settings, "SELECT * FROM events WHERE 0")
+    assert code == 0 and out == "" and "0 rows" in err
     _, out, _ = _run(cli_store.alerts_main, settings, since="1h", severity="high")
     assert [line.split()[3] for line in out.splitlines()[2:]] == ["recent-high", "old-critical"]
     _, out, _ = _run(cli_store.alerts_main, settings, since="1h", as_json=True, limit=1)
