@@ -26,6 +26,8 @@ from typing import Callable, Iterable, Iterator
 import fastavro
 from fastavro.schema import fingerprint as _fingerprint, to_parsing_canonical_form
 
+from .splitter import SplitError, make_splitter
+
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
@@ -174,7 +176,7 @@ class Codec:
     registry: SchemaRegistry
     fingerprint: bytes = field(init=False)
     _array: dict = field(init=False, repr=False)
-    _resolved_arrays: dict = field(init=False, repr=False, default_factory=dict)
+    _splitters: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.fingerprint = self.registry.add(self.schema)
@@ -225,6 +227,24 @@ class Codec:
         if bio.tell() != len(payload):
             raise CodecError(f"corrupt {self.name} batch: {len(payload) - bio.tell()} trailing bytes")
         return records
+
+    def split(self, payload: bytes, extract: tuple[str, ...] = ()) -> list[tuple] | None:
+        """[(record bytes, *extracted field values), ...] without decoding the records (see splitter.py);
+        None when the payload's writer schema is not ours (the caller decodes and re-encodes instead).
+        Raises CodecError on a structurally corrupt payload."""
+        fp, _ = self.writer_of(payload)
+        if fp != self.fingerprint:
+            return None
+        split = self._splitters.get(extract)
+        if split is None:
+            split = self._splitters[extract] = make_splitter(self.schema, extract)
+        try:
+            spans, end = split(payload, HEADER_LEN)
+        except (IndexError, SplitError) as e:
+            raise CodecError(f"corrupt {self.name} batch: {type(e).__name__}: {e}") from None
+        if end != len(payload):
+            raise CodecError(f"corrupt {self.name} batch: {len(payload) - end} trailing bytes")
+        return [(payload[start:stop], *rest) for start, stop, *rest in spans]
 
     def iter_with_bytes(self, payload: bytes) -> Iterator[tuple[dict, bytes | None]]:
         """Yield (record, its encoded bytes). The bytes are None when the writer schema differs from

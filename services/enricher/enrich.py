@@ -59,14 +59,15 @@ class BatchEnricher:
             self._suffix.clear()
             self._seen_generation = gen
         raw = self.codecs.raw
+        spans = raw.split(payload, ("process.cgroup",))  # record bytes + cgroup, no decoding
+        reencoded = 0
+        if spans is None:  # an older/newer raw writer: decode into our schema, re-encode
+            spans = [(raw.encode_record(r), r["process"]["cgroup"]) for r, _ in raw.iter_with_bytes(payload)]
+            reencoded = len(spans)
         bodies = []
         statuses = []
-        reencoded = 0
-        for record, body in raw.iter_with_bytes(payload):
-            if body is None:
-                body = raw.encode_record(record)
-                reencoded += 1
-            suffix, status = self._suffix_for(record["process"]["cgroup"], final)
+        for body, cgroup in spans:
+            suffix, status = self._suffix_for(cgroup, final)
             statuses.append(status)
             bodies.append(body + suffix)
         by_status = self.stats.by_status
