@@ -1,7 +1,7 @@
 """Start-up self-check: the BTF offsets compiled into the BPF programs must read what /proc says.
 
-The collector opens a file it just created (with a second hard link) and runs `/bin/sh -c 'exit 3'`,
-then compares what the kernel records say with /proc and stat(): pid/tid/ppid, uids/gids, login uid,
+The collector opens a file it just created (with a second hard link), a child with four distinct
+uids/gids opens it too, and `/bin/sh -c 'exit 3'` runs; then it compares what the kernel records say with /proc and stat(): pid/tid/ppid, uids/gids, login uid,
 session, comm, start time, cgroup id, the file's path/dev/inode/nlink/mode/owner, the child's fork,
 exe (path and inode), argv and exit status. Any disagreement means some offset is wrong for this kernel,
 and the collector refuses to start rather than publish plausible-looking garbage.
@@ -62,15 +62,18 @@ def run_selfcheck(collector, timeout: float = 5.0) -> dict:
             with open(probe, "wb") as f:
                 f.write(b"fimstream")
             os.link(probe, probe + ".link")
+            os.chmod(tmp, 0o755)
+            os.chmod(probe, 0o644)
             st = os.stat(probe)
             os.close(os.open(probe, os.O_RDONLY))
             child = subprocess.Popen([SHELL, "-c", "exit 3"])
             child.wait()
+            creds_pid = _open_with_distinct_credentials(probe)
             deadline = time.monotonic() + timeout
             wanted = None
             while time.monotonic() < deadline:
                 collector.drain()
-                wanted = _pick(captured, me, tid, probe.encode(), child.pid)
+                wanted = _pick(captured, me, tid, probe.encode(), child.pid, creds_pid)
                 if all(wanted.values()):
                     break
                 time.sleep(0.01)
@@ -91,11 +94,36 @@ def run_selfcheck(collector, timeout: float = 5.0) -> dict:
     return {name: ev.hdr[H_PID] for name, ev in wanted.items()}
 
 
-def _pick(events, me, tid, probe, child_pid) -> dict:
+# distinct values, so that reading the wrong cred member cannot agree by chance (as root all four are 0)
+CREDS = {"uid": 65531, "euid": 65532, "gid": 65533, "egid": 65534}
+
+
+def _open_with_distinct_credentials(probe: str) -> int | None:
+    """A child with four different ids opens the probe; None when we cannot change ids (not root)."""
+    if os.geteuid() != 0:
+        return None
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setresgid(CREDS["gid"], CREDS["egid"], CREDS["egid"])
+            os.setresuid(CREDS["uid"], CREDS["euid"], CREDS["euid"])
+            os.close(os.open(probe, os.O_RDONLY))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def _pick(events, me, tid, probe, child_pid, creds_pid) -> dict:
     found = {"open": None, "fork": None, "exec": None, "exit": None}
+    if creds_pid is not None:
+        found["credentials"] = None
     for ev in events:
         name = ev.type_name
-        if name == "open" and ev.hdr[H_TID] == tid and ev.file is not None and ev.file.path == probe:
+        if name == "open" and ev.file is not None and ev.file.path == probe and creds_pid is not None \
+                and ev.hdr[H_PID] == creds_pid:
+            found["credentials"] = ev
+        elif name == "open" and ev.hdr[H_TID] == tid and ev.file is not None and ev.file.path == probe:
             found["open"] = ev
         elif name == "fork" and ev.hdr[H_PID] == me and ev.child_pid == child_pid:
             found["fork"] = ev
@@ -143,6 +171,10 @@ def _compare(found: dict, me: int, tid: int, st: os.stat_result, probe: bytes, c
     if f.flags:
         problems.append(f"open path flags: {f.flags} (expected none for a plain file)")
 
+    if "credentials" in found:
+        c = found["credentials"].hdr
+        check("uid, euid, gid, egid (cred.uid/euid/gid/egid)", (c[H_UID], c[H_EUID], c[H_GID], c[H_EGID]),
+              (CREDS["uid"], CREDS["euid"], CREDS["gid"], CREDS["egid"]))
     check("fork child pid", found["fork"].child_pid, child_pid)
     ex = found["exec"]
     shell = os.path.realpath(SHELL).encode()
