@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 import fastavro
 from fastavro.schema import fingerprint as _fingerprint, to_parsing_canonical_form
 
-from .splitter import SplitError, make_splitter
+from .codegen import SplitError, make_splitter
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
@@ -229,7 +229,7 @@ class Codec:
         return records
 
     def split(self, payload: bytes, extract: tuple[str, ...] = ()) -> list[tuple] | None:
-        """[(record bytes, *extracted field values), ...] without decoding the records (see splitter.py);
+        """[(record bytes, *extracted field values), ...] without decoding the records (see codegen.py);
         None when the payload's writer schema is not ours (the caller decodes and re-encodes instead).
         Raises CodecError on a structurally corrupt payload."""
         fp, _ = self.writer_of(payload)

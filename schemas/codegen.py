@@ -1,11 +1,13 @@
-"""Record boundaries in an Avro batch without decoding it: Python generated once from the schema.
+"""Avro code generated once from our own schemas: faster than a generic decoder on the hot paths.
 
-The enricher needs, per record, only its bytes and one or two fields (the cgroup). Calling fastavro once
-per record to learn where a record ends costs ~4x a whole-batch decode; a skipper generated from the
-schema walks the varints and lengths in straight-line code and copies out only the requested fields.
+- make_splitter: record boundaries (and a few chosen fields) without decoding. The enricher needs, per
+  record, only its bytes and its cgroup; calling fastavro once per record to learn where it ends costs
+  ~4x a whole-batch decode. The splitter checks structure (truncation, negative lengths, union branch and
+  enum ranges, trailing bytes), not content (UTF-8): whoever decodes the record fully re-checks it.
 
-It checks structure (truncation, negative lengths, union branch and enum symbol ranges, trailing
-bytes), not content (UTF-8 of strings): a record it passes is re-checked by whoever decodes it fully.
+A generated full decoder (dicts like fastavro's) was tried and measured only 10-35% faster than
+fastavro's Cython reader for our records (Python's per-field cost dominates either way), so full
+decoding stays with fastavro.
 """
 from __future__ import annotations
 
@@ -147,3 +149,4 @@ def make_splitter(schema: dict, extract: tuple[str, ...] = ()) -> Splitter:
     split = ns["split"]
     split.source = src
     return split
+
