@@ -1,6 +1,6 @@
 """Collector benchmark: syscall overhead and the highest event rate drained (and published) with zero loss.
 
-    sudo .venv/bin/python bench/bench_collector.py [--ops 1000000] [--rounds 3] [--no-kafka] [--json]
+    sudo .venv/bin/python bench/bench_collector.py [--ops 300000] [--rounds 5] [--no-kafka] [--json]
 
 1. Overhead: a C loop of openat+close over 1,000 files (compiled here with cc; a ctypes loop if there is
    no compiler), run alternately without and with the collector in the same process run (the sensors are
@@ -172,7 +172,8 @@ def rss_mib() -> float:
 
 async def overhead(h: Harness, load: Load, ops: int, rounds: int) -> dict:
     """Rounds alternate: no sensors, sensors with the ring released unread (kernel cost only), the whole
-    collector (kernel + userspace decoding/encoding on the other core). Medians of the rounds."""
+    collector (kernel + userspace decoding/encoding on the other core). The fastest round of each mode
+    is reported (medians too)."""
     runs: dict[str, list[float]] = {"baseline": [], "kernel": [], "collector": []}
     lost = 0
     for _ in range(rounds):
@@ -183,10 +184,15 @@ async def overhead(h: Harness, load: Load, ops: int, rounds: int) -> dict:
             runs[mode].append(ns / n / 1000)
             if mode == "collector":
                 lost += h.lost() - lost0
-    b, k, c = (statistics.median(runs[m]) for m in ("baseline", "kernel", "collector"))
+    # the fastest round of each mode: on a shared machine the slow rounds measure the neighbours
+    b, k, c = (min(runs[m]) for m in ("baseline", "kernel", "collector"))
+    mb, mk, mc = (statistics.median(runs[m]) for m in ("baseline", "kernel", "collector"))
     return {"baseline_us_per_op": round(b, 3), "kernel_only_us_per_op": round(k, 3),
             "collector_us_per_op": round(c, 3), "kernel_overhead_pct": round((k - b) / b * 100, 1),
-            "overhead_pct": round((c - b) / b * 100, 1), "rounds": rounds, "ops_per_round": ops,
+            "overhead_pct": round((c - b) / b * 100, 1),
+            "median_overhead_pct": {"kernel_only": round((mk - mb) / mb * 100, 1),
+                                    "collector": round((mc - mb) / mb * 100, 1)},
+            "rounds": rounds, "ops_per_round": ops,
             "events_lost_at_full_speed": lost, "runs": {m: [round(x, 3) for x in v] for m, v in runs.items()}}
 
 
@@ -276,8 +282,8 @@ async def main_async(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ops", type=int, default=1_000_000, help="openat+close per overhead round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ops", type=int, default=300_000, help="openat+close per overhead round")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=4.0, help="duration of each paced rate")
     p.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")],
                    default=[25_000, 50_000, 75_000, 100_000, 150_000, 200_000, 250_000, 300_000])
