@@ -226,6 +226,7 @@ class Table:
     primary_key: str  # a prefix of it: what the sparse index holds
     extra: str  # skip indexes and MATERIALIZED columns
     comment: str
+    time_key: str = "time"  # partitions and TTL: must be equal for a row and its replays
 
     @property
     def column_names(self) -> list[str]:
@@ -243,9 +244,9 @@ class Table:
 
     def ddl(self, database: str | None = None, ttl_days: int = 0) -> str:
         cols = ",\n    ".join(f"`{c.name}` {c.ch_type}" for c in self.columns)
-        ttl = f"\nTTL toDateTime(time) + INTERVAL {int(ttl_days)} DAY DELETE" if ttl_days > 0 else ""
+        ttl = f"\nTTL toDateTime({self.time_key}) + INTERVAL {int(ttl_days)} DAY DELETE" if ttl_days > 0 else ""
         return (f"CREATE TABLE IF NOT EXISTS {_qualified(self.name, database)} (\n    {cols},\n    {self.extra}\n)\n"
-                f"ENGINE = ReplacingMergeTree\nPARTITION BY toYYYYMMDD(time)\n"
+                f"ENGINE = ReplacingMergeTree\nPARTITION BY toYYYYMMDD({self.time_key})\n"
                 f"PRIMARY KEY ({self.primary_key})\nORDER BY ({self.engine_key}){ttl}\n"
                 f"COMMENT {_quote(self.comment)}")
 
@@ -268,14 +269,18 @@ EVENTS = Table(
 
 ALERTS = Table(
     "alerts", tuple(_alert_columns(EVENT_COLUMNS)), _AlertParts,
-    engine_key="toStartOfHour(time), rule_id, host, alert_id",
-    primary_key="toStartOfHour(time), rule_id",
+    # keyed by the event's time, not the detector's: a replayed alert (same alert_id, derived from rule
+    # and event) has a new `time` but the same event_time, so it collapses with the first one
+    engine_key="toStartOfHour(event_time), rule_id, host, alert_id",
+    primary_key="toStartOfHour(event_time), rule_id",
+    time_key="event_time",
     extra=("`severity_level` UInt8 MATERIALIZED indexOf(['info', 'low', 'medium', 'high', 'critical'], severity),\n"
            "    `inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3),\n"
            "    INDEX alert_id_bf alert_id TYPE bloom_filter(0.01) GRANULARITY 4,\n"
            "    INDEX event_id_bf event_id TYPE bloom_filter(0.01) GRANULARITY 4"),
     comment=("fimstream alerts (schemas/alert.avsc) with every column of the triggering event "
-             "(event_time = its time). Replays collapse by (hour, rule_id, host, alert_id) in background "
+             "(event_time = its time). alert_id derives from (rule, event), so replays collapse by "
+             "(event hour, rule_id, host, alert_id) in background "
              "merges; read with FINAL or SETTINGS final=1 for exact results (docs/store.md)."),
 )
 

@@ -14,7 +14,7 @@ import time
 
 from fimstream import kafka, telemetry
 from fimstream.config import Settings
-from fimstream.detector.alerts import AlertIds, alert_json, make_alert
+from fimstream.detector.alerts import alert_json, make_alert
 from fimstream.detector.correlate import Correlator
 from fimstream.health import Health
 from fimstream.rules import RuleSet, RuleSetHolder
@@ -28,7 +28,6 @@ class Detection:
     """Rules + correlations over one decoded batch. Kept free of Kafka so tests and benchmarks drive it."""
 
     def __init__(self, rules: RuleSet):
-        self.ids = AlertIds()
         self._active = (rules, Correlator(rules.correlations))  # swapped as one: rules and their correlations
         self.events = 0
         self.alerts = 0
@@ -51,11 +50,11 @@ class Detection:
         for event in events:
             for rule in rules.match(event):  # every match alerts unless signal-only; `actions` says what else
                 if not rule.signal_only:
-                    alerts.append(make_alert(self.ids, event, rule.id, rule.severity, rule.render_message(event),
+                    alerts.append(make_alert(event, rule.id, rule.severity, rule.render_message(event),
                                              rule.tags, rule.actions, rule.score, rule_version=rules.version[:12]))
                 for fired in correlator.observe(event, rule.id, rule.score):
                     c = fired.correlation
-                    alerts.append(make_alert(self.ids, fired.event, c.id, c.severity, c.description, c.tags,
+                    alerts.append(make_alert(fired.event, c.id, c.severity, c.description, c.tags,
                                              ("alert",), fired.score, fired.related, rules.version[:12]))
         self.events += len(events)
         self.alerts += len(alerts)

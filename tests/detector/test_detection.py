@@ -125,3 +125,18 @@ def test_reload_that_removes_or_redefines_a_correlation_starts_it_over():
     assert ids(d.evaluate([ev(1, event_type="exec", file="/tmp/x")])) == ["b"]  # the create was forgotten
     d.swap_rules(load_rules_text(SEQ.split("correlations:")[0], "seq.yaml"))
     assert d.correlator.correlations == [] and d.rules.correlations == ()
+
+
+def test_alert_ids_are_stable_across_detectors():
+    """A replayed event raises the same alert id in a new detector (ClickHouse and SIEMs drop the copy)."""
+    from pathlib import Path
+
+    from fimstream.detector.service import Detection
+    from fimstream.events import enriched_event
+    from fimstream.rules import load_rules
+    rules = load_rules(Path(__file__).resolve().parents[2] / "rules")
+    ev = enriched_event("create", "/etc/cron.d/x", process={"exe": b"/usr/bin/python3", "comm": "python3"})
+    first = {a["rule_id"]: a["alert_id"] for a in Detection(rules).evaluate([ev])}
+    again = {a["rule_id"]: a["alert_id"] for a in Detection(rules).evaluate([ev])}
+    assert first and first == again
+    assert len(set(first.values())) == len(first)  # one id per rule

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from fimstream import cli_store, store
-from fimstream.detector.alerts import AlertIds, make_alert
+from fimstream.detector.alerts import make_alert
 from fimstream.events import enriched_event
 from fimstream.schemas.codec import Codecs
 from fimstream.sink.endpoint import QueryEndpoint
@@ -18,11 +18,10 @@ ODD = b"/etc/caf\xe9/\xff\n"
 def _fill(settings):
     """A store with two events (one with a non-UTF-8 path) and three alerts of different age and severity."""
     ev = enriched_event("create", ODD)
-    ids = AlertIds()
     now = time.time_ns()
-    alerts = [make_alert(ids, ev, "recent-high", "high", "high one"),
-              make_alert(ids, ev, "recent-low", "low", "low one"),
-              make_alert(ids, ev, "old-critical", "critical", "old one")]
+    alerts = [make_alert(ev, "recent-high", "high", "high one"),
+              make_alert(ev, "recent-low", "low", "low one"),
+              make_alert(ev, "old-critical", "critical", "old one")]
     alerts[0]["time_ns"], alerts[1]["time_ns"], alerts[2]["time_ns"] = now - 10**9, now - 2 * 10**9, now - 1200 * 10**9
     client = store.open_client(settings)
     try:

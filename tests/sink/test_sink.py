@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fimstream import cli_store, kafka, store, telemetry
 from fimstream.broker import free_port
-from fimstream.detector.alerts import AlertIds, make_alert
+from fimstream.detector.alerts import make_alert
 from fimstream.events import enriched_event
 from fimstream.schemas.codec import Codecs, id_hex
 from fimstream.sink.endpoint import QueryEndpoint
@@ -69,7 +69,7 @@ def test_events_and_alerts_land_with_their_columns_and_bytes(sink_settings):
                              container_id="ab" * 32, enrich_status="kubernetes",
                              k8s={"namespace": "prod", "pod": "web-1", "labels": {"app": "web"}})
     events = _events(250) + [special]
-    alert = make_alert(AlertIds(), special, "etc-write", "high", "write under /etc", tags=["fim"], score=7.5,
+    alert = make_alert(special, "etc-write", "high", "write under /etc", tags=["fim"], score=7.5,
                        related=[events[0]["event_id"]])
 
     async def main():
@@ -131,7 +131,7 @@ async def _rewind_group(settings):
 def test_replayed_batch_leaves_no_visible_duplicates(sink_settings):
     settings = sink_settings
     events = _events(300)
-    alert = make_alert(AlertIds(), events[0], "r1", "medium", "m")
+    alert = make_alert(events[0], "r1", "medium", "m")
 
     async def main():
         await kafka.ensure_topics(settings)
