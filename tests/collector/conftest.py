@@ -10,7 +10,19 @@ import pytest
 
 from fimstream.collector.collector import Collector
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loads eBPF programs)")
+ROOT_REASON = "needs root (loads eBPF programs)"
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that load eBPF programs also carry the `root` marker (`make test-fast` deselects them)."""
+    here = os.path.dirname(__file__)
+    for item in items:
+        if not str(item.path).startswith(here):
+            continue
+        if any(m.name == "skipif" and m.kwargs.get("reason") == ROOT_REASON for m in item.iter_markers()) \
+                or "collector" in getattr(item, "fixturenames", ()) or "capture" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.root)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
