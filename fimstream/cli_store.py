@@ -55,6 +55,16 @@ def endpoint_up(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def _pipeline_running(settings: Settings) -> bool:
+    from fimstream.health import pid_alive
+    from fimstream.supervisor import UP_FILE
+    try:
+        up = json.loads((settings.state_dir / UP_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(up.get("pid")) and pid_alive(up["pid"])
+
+
 def connect(settings: Settings, write: bool = False) -> tuple[Client, str]:
     """A client for the store and a description of where it is."""
     if not settings.embedded_store:
@@ -71,6 +81,10 @@ def connect(settings: Settings, write: bool = False) -> tuple[Client, str]:
                                                compress=False, autogenerate_session_id=False,
                                                connect_timeout=5, send_receive_timeout=300)
         return client, f"sink endpoint http://{host}:{port}"
+    if _pipeline_running(settings):
+        # opening chDB here would take the store's lock from the sink while it restarts
+        raise ConnectionError(f"the pipeline is running but its sink does not answer on {settings.query_listen} "
+                              "(restarting?); try again in a few seconds, or see `fimstream status`")
     path = settings.chdb_path
     if not (path / "metadata").exists():
         raise FileNotFoundError(f"no store at {path} and no sink answering on {settings.query_listen}: "
