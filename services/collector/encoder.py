@@ -92,6 +92,7 @@ class RawEncoder:
 
     # ----------------------------------------------------------------------------------- blocks
     def process_block(self, info: ProcInfo, hdr: tuple) -> bytes:
+        self.procs.sync_cgroup(info, hdr[H_CGROUP])  # a new block means a new signature: maybe a new cgroup
         anc = self.procs.ancestors(info)
         parts = [enc_long(hdr[H_PID]), enc_long(hdr[H_TID]), enc_long(hdr[H_PPID]), enc_long(hdr[H_START]),
                  enc_long(hdr[H_UID]), enc_long(hdr[H_GID]), enc_long(hdr[H_EUID]), enc_long(hdr[H_EGID]),

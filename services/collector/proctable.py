@@ -29,8 +29,8 @@ KEEP_EXITED_S = 30.0
 
 class ProcInfo:
     __slots__ = ("pid", "ppid", "start_ns", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm", "exe",
-                 "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "container_id", "root_shared",
-                 "blocks", "exited_at", "source")
+                 "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "cgroup_id", "container_id",
+                 "root_shared", "blocks", "exited_at", "source")
 
     def __init__(self, pid: int, ppid: int = 0, start_ns: int = 0):
         self.pid = pid
@@ -44,6 +44,7 @@ class ProcInfo:
         self.args: list[bytes] = []
         self.args_truncated = False
         self.cgroup = b""
+        self.cgroup_id = 0  # the v2 cgroup id `cgroup` was resolved from (0: from /proc)
         self.container_id = ""
         self.root_shared: bool | None = None  # same root and mount namespace as the collector
         self.blocks: dict[bytes, bytes] = {}  # header signature -> encoded Process block (encoder.py)
@@ -82,9 +83,47 @@ def pick_cgroup(text: bytes) -> bytes:
     return v1 or v2
 
 
+class CgroupPaths:
+    """cgroup v2 id -> path. Every kernel record carries the current v2 cgroup id (the cgroup
+    directory's inode), so the path derived from it is right even when a process changed cgroups after
+    its exec and is gone before /proc could be read (a runtime moving a process into a container)."""
+
+    NEGATIVE_TTL = 5.0
+
+    def __init__(self, root: str | None = None):
+        if root is None:
+            root = next((r for r in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+                         if os.path.exists(os.path.join(r, "cgroup.procs"))), "")
+        self.root = root.rstrip("/")
+        self._paths: dict[int, bytes] = {}
+        self._missing: dict[int, float] = {}
+
+    def path(self, cgroup_id: int) -> bytes | None:
+        hit = self._paths.get(cgroup_id)
+        if hit is not None or not self.root:
+            return hit
+        if time.monotonic() - self._missing.get(cgroup_id, -1e9) < self.NEGATIVE_TTL:
+            return None
+        self._rescan()
+        hit = self._paths.get(cgroup_id)
+        if hit is None:
+            self._missing[cgroup_id] = time.monotonic()
+        return hit
+
+    def _rescan(self) -> None:
+        paths = {}
+        for dirpath, _, _ in os.walk(self.root):
+            try:
+                paths[os.stat(dirpath).st_ino] = (dirpath[len(self.root):] or "/").encode()
+            except FileNotFoundError:
+                continue
+        self._paths = paths
+
+
 class ProcTable:
     def __init__(self, proc: str = "/proc"):
         self.proc = proc
+        self.cgroups = CgroupPaths()
         self.procs: dict[int, ProcInfo] = {}
         self._self_root = self._root_key("self")
         self._self_mnt_ns = os.stat(f"{proc}/self/ns/mnt").st_ino
@@ -140,6 +179,18 @@ class ProcTable:
         info.root_shared = None if key is None else key == self._self_root
         info.source = "proc"
         return info
+
+    def sync_cgroup(self, info: ProcInfo, cgroup_id: int) -> None:
+        """Follow the kernel's v2 cgroup id: the path and container of where the process is now. A v2 path
+        of "/" says nothing in a hybrid layout (containers live in the v1 hierarchies): keep /proc's."""
+        if not cgroup_id or cgroup_id == info.cgroup_id:
+            return
+        info.cgroup_id = cgroup_id
+        path = self.cgroups.path(cgroup_id)
+        if path and path != b"/":
+            info.cgroup = path
+            if parse_cgroup is not None:
+                info.container_id = parse_cgroup(path).container_id
 
     def _read_cgroup(self, info: ProcInfo) -> bool:
         try:

@@ -25,10 +25,34 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root,
 REPO = Path(__file__).resolve().parents[2]
 
 
+K8S_FIXTURES = REPO / "tests" / "k8s" / "fixtures"
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+
+
+class FakeCluster:
+    """The fake Kubernetes API server (tests/k8s) in its own process, serving real-shaped pods."""
+
+    def __init__(self, tmp: Path):
+        self.kubeconfig = tmp / "kubeconfig"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.k8s.fake_apiserver", "--kubeconfig", str(self.kubeconfig),
+             str(K8S_FIXTURES / "cluster-objects.json"), str(K8S_FIXTURES / "pod-containerd-deployment.json")],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self.kubeconfig.exists():  # written once the objects are loaded
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("fake API server did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 class Pipeline:
     """`fimstream up` in a subprocess with its own state dir, broker port and query port."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, kubeconfig: Path | None = None):
         self.state_dir = state_dir
         self.env = dict(os.environ, FIMSTREAM_STATE_DIR=str(state_dir),
                         FIMSTREAM_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
@@ -36,6 +60,8 @@ class Pipeline:
                         FIMSTREAM_RULES=str(REPO / "rules"), FIMSTREAM_PARTITIONS="2",
                         FIMSTREAM_LINGER_MS="20", OTEL_TRACES_EXPORTER="file",
                         FIMSTREAM_TRACE_FILE=str(state_dir / "traces.jsonl"))
+        if kubeconfig:
+            self.env["KUBECONFIG"] = str(kubeconfig)
         self.settings = load_settings(env=self.env)
         self.proc: subprocess.Popen | None = None
 
@@ -88,8 +114,15 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    p = Pipeline(tmp_path_factory.mktemp("e2e") / "state")
+def cluster(tmp_path_factory):
+    c = FakeCluster(tmp_path_factory.mktemp("k8s"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, cluster):
+    p = Pipeline(tmp_path_factory.mktemp("e2e") / "state", kubeconfig=cluster.kubeconfig)
     p.start()
     yield p
     code = p.stop()
@@ -223,3 +256,38 @@ def test_stage_killed_mid_stream_loses_nothing(pipeline, tmp_path):
         for p in d.iterdir():
             p.unlink()
         d.rmdir()
+
+
+def test_process_in_a_pod_cgroup_gets_pod_metadata(pipeline):
+    """A process placed in a cgroup shaped like a kubelet (systemd driver, containerd) container cgroup
+    writes a file; its row carries the pod, namespace, labels and workload the API server serves."""
+    from tests.k8s import podfixtures as pf
+    pod = pf.load("pod-containerd-deployment")
+    rel = pf.cgroup_path(pod, "nginx", "systemd")
+    cgroup = CGROUP2 / rel.lstrip("/")
+    cgroup.mkdir(parents=True, exist_ok=True)
+    path = f"/etc/fimstream-e2e-pod-{uuid.uuid4().hex[:8]}"
+    try:
+        # join the cgroup first, then exec: the collector learns a process's cgroup path at exec
+        subprocess.run(["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec sh -c "echo x > {path}"'], check=True)
+        rows = pipeline.wait_rows(
+            f"SELECT container_id, enrich_status, k8s_namespace, k8s_pod, k8s_labels['tier'] AS tier, "
+            f"k8s_workload_kind, k8s_workload_name, k8s_container, process_cgroup "
+            f"FROM events WHERE file_path = '{path}'")
+        assert rows, pipeline.logs()
+        row = rows[0]
+        assert row["container_id"] == pf.container_ids(pod)["nginx"], row
+        assert (row["enrich_status"], row["k8s_namespace"], row["k8s_pod"]) == \
+            ("kubernetes", "shop", pod["metadata"]["name"]), row
+        assert row["tier"] == "frontend" and row["k8s_container"] == "nginx", row
+        assert (row["k8s_workload_kind"], row["k8s_workload_name"]) == ("Deployment", "web"), row
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        for d in [cgroup, *cgroup.parents]:
+            if d == CGROUP2:
+                break
+            try:
+                d.rmdir()
+            except OSError:
+                pass
