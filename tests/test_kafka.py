@@ -8,20 +8,7 @@ from fimstream.broker import EmbeddedBroker, free_port
 from fimstream.config import Settings
 from fimstream.events import raw_event
 from fimstream.schemas.codec import Codecs, SchemaRegistry
-
-
-async def _consume_all(settings, topic, n, timeout=20):
-    c = kafka.make_consumer(settings, topic, group_id=None)
-    await c.start()
-    out = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(out) < n:
-                for part in (await c.getmany(timeout_ms=300)).values():
-                    out.extend(part)
-    finally:
-        await c.stop()
-    return out
+from tests.stages.helpers import consume as _consume_all
 
 
 def test_dead_letter_carries_reason_and_source(settings):
