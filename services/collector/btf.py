@@ -199,5 +199,21 @@ class Btf:
                 return val
         raise BtfError(f"enum {enum_name} has no value {value_name}")
 
+    def enumerator(self, value_name: str) -> int:
+        """Value of an enumerator wherever it is declared, anonymous enums included (the kernel's
+        `enum { REQ_F_FIXED_FILE_BIT = ..., }` has no name to look up)."""
+        for kind, vlen, kind_flag, _, _, pos in self._types:
+            if kind == ENUM:
+                for i in range(vlen):
+                    name_off, val = struct.unpack_from("<Ii" if kind_flag else "<II", self._data, pos + 8 * i)
+                    if self._name(name_off) == value_name:
+                        return val
+            elif kind == ENUM64:
+                for i in range(vlen):
+                    name_off, lo, hi = struct.unpack_from("<III", self._data, pos + 12 * i)
+                    if self._name(name_off) == value_name:
+                        return lo | (hi << 32)
+        raise BtfError(f"no enumerator {value_name} in kernel BTF")
+
     def __len__(self) -> int:
         return len(self._types) - 1

@@ -114,12 +114,15 @@ def windows(offsets: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def compute(btf: Btf | None = None, overrides: dict[str, int] | None = None) -> dict[str, int]:
-    """{macro: offset} for every NEEDS entry on the running kernel."""
+def compute(btf: Btf | None = None, overrides: dict[str, int] | None = None,
+            needs: dict[str, Need] | None = None) -> dict[str, int]:
+    """{macro: offset} for every entry of `needs` (default: NEEDS, what fimstream.h reads) on the running
+    kernel. Sensors pass their own table for the members only they read (Sensor.needs)."""
     btf = btf or Btf.load()
+    needs = NEEDS if needs is None else needs
     out: dict[str, int] = {}
     problems = []
-    for macro, need in NEEDS.items():
+    for macro, need in needs.items():
         try:
             member = btf.offset(*need.path)
         except BtfError as e:

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from fimstream.collector import offsets as offsets_mod
 from fimstream.collector import records
+from fimstream.collector.btf import Btf, BtfError
 from fimstream.collector.sensor import Sensor, SensorError, bpf_source
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,32 @@ class Program:
                  offset_overrides: dict[str, int] | None = None, require_all: bool = True):
         from bcc import BPF
 
-        self.sensors = list(sensors)
         self.ringbuf_bytes = ringbuf_bytes
-        self.offsets = offsets_mod.compute(overrides=offset_overrides)
+        self.failed: dict[str, str] = {}
+        btf = Btf.load()
+        sensors = list(sensors)
+        overrides = dict(offset_overrides or {})
+        unknown = set(overrides) - set(offsets_mod.NEEDS).union(*(s.needs for s in sensors))
+        if unknown:
+            raise KeyError(f"unknown offset macro {', '.join(sorted(unknown))}")
+        self.offsets = offsets_mod.compute(btf, {k: v for k, v in overrides.items() if k in offsets_mod.NEEDS})
         defines = {**records.c_defines(max_depth=max_depth, ringbuf_bytes=ringbuf_bytes), **self.offsets,
                    **offsets_mod.windows(self.offsets)}
+        self.sensors = []
+        for sensor in sensors:  # a sensor whose kernel members are missing stays out, as a unit
+            try:
+                own = offsets_mod.compute(btf, {k: v for k, v in overrides.items() if k in sensor.needs},
+                                          sensor.needs) if sensor.needs else {}
+                own.update(sensor.constants(btf))
+            except (BtfError, offsets_mod.OffsetError) as e:
+                if require_all:
+                    raise SensorError(f"sensor {sensor.name}: {e}") from e
+                log.error("sensor %s left out: %s", sensor.name, e)
+                self.failed[sensor.name] = str(e)
+                continue
+            defines.update(own)
+            self.offsets.update({k: v for k, v in own.items() if k.startswith("O_")})
+            self.sensors.append(sensor)
         cflags = [f"-D{k}={v}" for k, v in sorted(defines.items())]
         cflags += [f"-I{_bpf_dir()}", "-Wno-unused-function", "-Wno-macro-redefined"]
         # Everything is pasted into the main file: bcc rewrites map calls (`events.ringbuf_output`) and
@@ -41,7 +63,6 @@ class Program:
         t0 = time.monotonic()
         self.bpf = BPF(text=text.encode(), cflags=cflags)
         self.compile_seconds = time.monotonic() - t0
-        self.failed: dict[str, str] = {}
         for sensor in self.sensors:
             try:
                 sensor.load(self.bpf)

@@ -17,9 +17,18 @@ import struct
 
 # ------------------------------------------------------------------------------------- record kinds
 RK_OPEN, RK_UNLINK, RK_RENAME, RK_CHMOD, RK_CHOWN, RK_EXEC, RK_FORK, RK_EXIT = range(1, 9)
-NKINDS = 16  # room for phase-2 kinds without resizing the counters map
+# network, privilege and io_uring sensors: a block of their own (9..31 stay free for file kinds)
+RK_CONNECT, RK_ACCEPT, RK_BIND = 32, 33, 34
+RK_SETUID, RK_SETGID, RK_SETGROUPS, RK_CAPSET, RK_UNSHARE, RK_SETNS, RK_CHROOT = range(35, 42)
+RK_URING_OPEN, RK_URING_RW = 42, 43
+NKINDS = 64  # the counters map holds NKINDS rows: room for more kinds without resizing it
 KIND_NAMES = {RK_OPEN: "open", RK_UNLINK: "unlink", RK_RENAME: "rename", RK_CHMOD: "chmod",
-              RK_CHOWN: "chown", RK_EXEC: "exec", RK_FORK: "fork", RK_EXIT: "exit"}
+              RK_CHOWN: "chown", RK_EXEC: "exec", RK_FORK: "fork", RK_EXIT: "exit",
+              RK_CONNECT: "connect", RK_ACCEPT: "accept", RK_BIND: "bind",
+              RK_SETUID: "setuid", RK_SETGID: "setgid", RK_SETGROUPS: "setgroups", RK_CAPSET: "capset",
+              RK_UNSHARE: "unshare", RK_SETNS: "setns", RK_CHROOT: "chroot",
+              RK_URING_OPEN: "uring_open", RK_URING_RW: "uring_rw"}
+assert max(KIND_NAMES) < NKINDS
 
 # per-kind in-kernel counters: seen = filtered + (approved/discarded: phase 2) + emitted + lost
 C_SEEN, C_FILTERED, C_APPROVED, C_DISCARDED, C_EMITTED, C_LOST = range(6)
@@ -29,7 +38,11 @@ COUNTER_NAMES = ("seen", "filtered", "approved", "discarded", "emitted", "lost")
 # ------------------------------------------------------------------------------------ syscall codes
 SYSCALLS = ("openat", "openat2", "open", "creat", "unlinkat", "unlink", "rmdir", "renameat2", "renameat",
             "rename", "fchmodat", "fchmodat2", "chmod", "fchmod", "fchownat", "chown", "lchown", "fchown",
-            "execve", "execveat")
+            "execve", "execveat",
+            "connect", "accept", "accept4", "bind",
+            "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
+            "setgroups", "capset", "unshare", "setns", "chroot",
+            "io_uring:openat", "io_uring:openat2")
 SC = {name: i + 1 for i, name in enumerate(SYSCALLS)}
 SYSCALL_NAMES = {i + 1: name for i, name in enumerate(SYSCALLS)}
 
@@ -84,7 +97,7 @@ def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, infligh
     if ringbuf_bytes & (ringbuf_bytes - 1) or ringbuf_bytes < page:
         raise ValueError("the ring buffer size must be a power of two of at least one page")
     out = {f"RK_{name.upper()}": kind for kind, name in KIND_NAMES.items()}
-    out.update({f"SC_{name.upper()}": code for name, code in SC.items()})
+    out.update({f"SC_{name.upper().replace(':', '_')}": code for name, code in SC.items()})
     out.update({f"C_{name.upper()}": i for i, name in enumerate(COUNTER_NAMES)})
     out.update(NKINDS=NKINDS, NCOUNTERS=NCOUNTERS,
                PF_TRUNCATED=PF_TRUNCATED, PF_DEPTH=PF_DEPTH, PF_UNRESOLVED=PF_UNRESOLVED,

@@ -9,7 +9,8 @@ counters); each sensor then loads and attaches its own programs, so a sensor who
 verifier or the kernel refuses is reported and left out without taking the others down.
 
 Adding a sensor in phase 2 = one bpf/<name>_sensor.c + one <name>_sensor.py with a Sensor subclass,
-listed in collector.default_sensors. Decoders receive (ring data, offset of the record, record length),
+listed in Collector.sensors. Struct members only that sensor reads are declared in its `needs` (compiled
+in as O_* macros like fimstream.h's); a sensor whose needs this kernel's BTF lacks is left out as a unit. Decoders receive (ring data, offset of the record, record length),
 read what they keep (copying: the ring space is released after the batch) and return an Event
 (event.py) or None.
 """
@@ -51,6 +52,11 @@ class Sensor:
     name: str = ""
     source: str = ""  # file in bpf/
     decoders: dict[int, Callable] = {}  # record kind -> decode(data, off, length) -> Event | None
+    needs: dict = {}  # O_* macro -> offsets.Need: members only this sensor reads (fimstream.h's are in NEEDS)
+
+    def constants(self, btf) -> dict[str, int]:
+        """Other -D macros this sensor's C needs from the running kernel (enum values...)."""
+        return {}
 
     def __init__(self) -> None:
         self.loaded = False

@@ -61,6 +61,21 @@ def test_enum_values(btf):
         btf.enum_value("cgroup_subsys_id", "nope")
 
 
+def test_enumerators_of_anonymous_enums(btf):
+    # io_uring's REQ_F_*_BIT live in an unnamed enum; the first ones mirror the uapi IOSQE_* bits
+    assert btf.enumerator("REQ_F_FIXED_FILE_BIT") == 0 and btf.enumerator("REQ_F_CQE_SKIP_BIT") == 6
+    assert btf.enumerator("IORING_OP_OPENAT") == btf.enum_value("io_uring_op", "IORING_OP_OPENAT") == 18
+    with pytest.raises(BtfError, match="NO_SUCH_ENUMERATOR"):
+        btf.enumerator("NO_SUCH_ENUMERATOR")
+
+
+def test_a_sensor_table_of_offsets(btf):
+    needs = {"O_SOCKET_SK": offsets.Need(("socket", "sk"), 8), "O_X": offsets.Need(("sock", "nope"), optional=True)}
+    assert offsets.compute(btf, needs=needs) == {"O_SOCKET_SK": btf.offset("socket", "sk").offset, "O_X": -1}
+    with pytest.raises(offsets.OffsetError, match=r"O_BAD \(socket.sk\) is 8 bytes, the program reads 4"):
+        offsets.compute(btf, needs={"O_BAD": offsets.Need(("socket", "sk"), 4)})
+
+
 def test_every_offset_the_programs_need_exists(btf):
     found = offsets.compute(btf)
     assert set(found) == set(offsets.NEEDS)
