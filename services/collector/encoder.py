@@ -15,7 +15,8 @@ from __future__ import annotations
 import struct
 
 from fimstream.collector.event import (EVENT_TYPES, H_AUID, H_CGROUP, H_COMM, H_EGID, H_EUID, H_GID, H_PID, H_PPID,
-                                       H_SESSION, H_START, H_TID, H_UID, Event, FileRef, KernelFile)
+                                       H_SESSION, H_START, H_TID, H_UID, CredInfo, Event, FileRef, KernelFile,
+                                       NetInfo)
 from fimstream.collector.proctable import ProcInfo, ProcTable
 from fimstream.schemas.codec import EventIds, avro_long
 
@@ -75,6 +76,23 @@ EMPTY = b"\x00"  # empty array / map
 TRUE, FALSE = b"\x01", b"\x00"
 _TYPE_ENC = [enc_long(i) for i in range(len(EVENT_TYPES))]
 _U64BE = struct.Struct(">Q").pack
+
+
+def net_block(net: NetInfo | None) -> bytes:
+    """The ["null", Network] union."""
+    if net is None:
+        return NULL
+    return b"".join((b"\x02", enc_long(net.family), enc_long(net.protocol), enc_str(net.local_addr),
+                     enc_long(net.local_port), enc_str(net.remote_addr), enc_long(net.remote_port)))
+
+
+def cred_block(cred: CredInfo | None) -> bytes:
+    """The ["null", CredChange] union."""
+    if cred is None:
+        return NULL
+    return b"\x02" + b"".join(enc_long(v) for v in (
+        cred.old_uid, cred.old_euid, cred.old_gid, cred.old_egid, cred.new_uid, cred.new_euid, cred.new_gid,
+        cred.new_egid, cred.old_caps, cred.new_caps))
 
 
 class RawEncoder:
@@ -158,14 +176,18 @@ class RawEncoder:
         head = self._heads.get((ev.type, ev.syscall))
         if head is None:  # event type + syscall + host: a handful of combinations
             head = self._heads[(ev.type, ev.syscall)] = _TYPE_ENC[ev.type] + enc_str(ev.syscall) + self.host_enc
-        tail_key = (ev.flags, ev.mode, ev.owner_uid, ev.owner_gid, ev.exit_code)
-        tail = self._tails.get(tail_key)
-        if tail is None:  # flags .. exit_code, net and cred null: few distinct values in practice
-            if len(self._tails) > 4096:
-                self._tails.clear()
-            tail = self._tails[tail_key] = b"".join((
-                enc_long(ev.flags), enc_long(ev.mode), enc_long(ev.owner_uid), enc_long(ev.owner_gid),
-                NULL, NULL, enc_long(ev.exit_code)))
+        if ev.net is None and ev.cred is None:
+            tail_key = (ev.flags, ev.mode, ev.owner_uid, ev.owner_gid, ev.exit_code)
+            tail = self._tails.get(tail_key)
+            if tail is None:  # flags .. exit_code, net and cred null: few distinct values in practice
+                if len(self._tails) > 4096:
+                    self._tails.clear()
+                tail = self._tails[tail_key] = b"".join((
+                    enc_long(ev.flags), enc_long(ev.mode), enc_long(ev.owner_uid), enc_long(ev.owner_gid),
+                    NULL, NULL, enc_long(ev.exit_code)))
+        else:  # network and credential events: rarer, encoded in full
+            tail = b"".join((enc_long(ev.flags), enc_long(ev.mode), enc_long(ev.owner_uid), enc_long(ev.owner_gid),
+                             net_block(ev.net), cred_block(ev.cred), enc_long(ev.exit_code)))
         self._seq += 1
         return b"".join((
             self._id_prefix, _U64BE(self._seq),

@@ -95,6 +95,44 @@ class ExecInfo:
         self.args, self.args_truncated, self.filename = args, args_truncated, filename
 
 
+class NetInfo:
+    """RawEvent.net: addresses as text (IPv4 dotted, IPv6 compressed), ports in host order."""
+
+    __slots__ = ("family", "protocol", "local_addr", "local_port", "remote_addr", "remote_port")
+
+    def __init__(self, family: int, protocol: int = 0, local_addr: str = "", local_port: int = 0,
+                 remote_addr: str = "", remote_port: int = 0):
+        self.family, self.protocol = family, protocol
+        self.local_addr, self.local_port = local_addr, local_port
+        self.remote_addr, self.remote_port = remote_addr, remote_port
+
+    def to_record(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return (f"NetInfo(family={self.family}, proto={self.protocol}, local={self.local_addr}:{self.local_port}, "
+                f"remote={self.remote_addr}:{self.remote_port})")
+
+
+class CredInfo:
+    """RawEvent.cred: credentials before and after (caps: the effective capability set)."""
+
+    __slots__ = ("old_uid", "old_euid", "old_gid", "old_egid", "new_uid", "new_euid", "new_gid", "new_egid",
+                 "old_caps", "new_caps")
+
+    def __init__(self, old: tuple[int, int, int, int], new: tuple[int, int, int, int], old_caps: int = 0,
+                 new_caps: int = 0):
+        self.old_uid, self.old_euid, self.old_gid, self.old_egid = old
+        self.new_uid, self.new_euid, self.new_gid, self.new_egid = new
+        self.old_caps, self.new_caps = old_caps, new_caps
+
+    def to_record(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"CredInfo({self.to_record()})"
+
+
 class Event:
     """Fields a decoder does not set keep the class defaults (cheaper than setting all of them)."""
 
@@ -107,6 +145,8 @@ class Event:
     exit_code = 0
     attrs: dict[str, str] | None = None
     exec: ExecInfo | None = None
+    net: NetInfo | None = None
+    cred: CredInfo | None = None
     child_pid = 0
     child_start = 0
 

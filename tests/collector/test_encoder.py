@@ -11,7 +11,7 @@ import pytest
 
 from fimstream.collector import records as R
 from fimstream.collector.encoder import RawEncoder, enc_long
-from fimstream.collector.event import EVENT_TYPES, Event, ExecInfo, FileRef
+from fimstream.collector.event import EVENT_TYPES, CredInfo, Event, ExecInfo, FileRef, NetInfo
 from fimstream.collector.proctable import ProcInfo, ProcTable
 from fimstream.schemas.codec import Codecs, EventIds, avro_long
 
@@ -39,7 +39,8 @@ def intended(ev: Event, procs: ProcTable, event_id: bytes) -> dict:
         "file": ev.file.to_record() if ev.file else None,
         "target": ev.target.to_record() if ev.target else None,
         "flags": ev.flags, "mode": ev.mode, "owner_uid": ev.owner_uid, "owner_gid": ev.owner_gid,
-        "net": None, "cred": None, "exit_code": ev.exit_code, "attrs": ev.attrs or {},
+        "net": ev.net.to_record() if ev.net else None, "cred": ev.cred.to_record() if ev.cred else None,
+        "exit_code": ev.exit_code, "attrs": ev.attrs or {},
     }
 
 
@@ -100,7 +101,13 @@ def test_awkward_values():
     ev.exit_code = -9
     ev2 = Event(R.RK_EXIT, EVENT_TYPES.index("exit"), "exit", _synthetic_header(child.pid, b"c\xe9\xff", retval=0),
                 b"sig-a")
-    check([ev, ev2], procs)
+    ev3 = Event(R.RK_CONNECT, EVENT_TYPES.index("connect"), "connect", hdr, b"sig-a")
+    ev3.net = NetInfo(10, 6, "fe80::1", 65535, "2001:db8::\u00e9", 0)
+    ev4 = Event(R.RK_SETUID, EVENT_TYPES.index("setuid"), "setresuid", hdr, b"sig-a")
+    ev4.cred = CredInfo((1000, 1000, 4294967294, 5), (0, 0, 5, 5), 0, (1 << 41) - 1)
+    ev5 = Event(R.RK_BIND, EVENT_TYPES.index("bind"), "bind", hdr, b"sig-a")
+    ev5.net, ev5.cred = NetInfo(1), CredInfo((0,) * 4, (0,) * 4)
+    check([ev, ev2, ev3, ev4, ev5], procs)
 
 
 @root_only
