@@ -17,7 +17,15 @@ import struct
 
 # ------------------------------------------------------------------------------------- record kinds
 RK_OPEN, RK_UNLINK, RK_RENAME, RK_CHMOD, RK_CHOWN, RK_EXEC, RK_FORK, RK_EXIT = range(1, 9)
-# network, privilege and io_uring sensors: a block of their own (9..31 stay free for file kinds)
+# file sensor, phase 2: new record kinds, plus counter-only rows (create and rmdir records are RK_OPEN and
+# RK_UNLINK records; the file sensor counts and filters them under their own event type)
+(RK_CREATE, RK_RMDIR, RK_WRITE, RK_TRUNCATE, RK_LINK, RK_SYMLINK, RK_MKDIR, RK_MKNOD, RK_SETXATTR, RK_MMAP,
+ RK_MEMFD_CREATE, RK_MOUNT, RK_UMOUNT) = range(9, 22)
+FILE_KIND_NAMES = {RK_CREATE: "create", RK_RMDIR: "rmdir", RK_WRITE: "write", RK_TRUNCATE: "truncate",
+                   RK_LINK: "link", RK_SYMLINK: "symlink", RK_MKDIR: "mkdir", RK_MKNOD: "mknod",
+                   RK_SETXATTR: "setxattr", RK_MMAP: "mmap", RK_MEMFD_CREATE: "memfd_create", RK_MOUNT: "mount",
+                   RK_UMOUNT: "umount"}
+# network, privilege and io_uring sensors: a block of their own (22..31 stay free for file kinds)
 RK_CONNECT, RK_ACCEPT, RK_BIND = 32, 33, 34
 RK_SETUID, RK_SETGID, RK_SETGROUPS, RK_CAPSET, RK_UNSHARE, RK_SETNS, RK_CHROOT = range(35, 42)
 RK_URING_OPEN, RK_URING_RW = 42, 43
@@ -27,7 +35,7 @@ KIND_NAMES = {RK_OPEN: "open", RK_UNLINK: "unlink", RK_RENAME: "rename", RK_CHMO
               RK_CONNECT: "connect", RK_ACCEPT: "accept", RK_BIND: "bind",
               RK_SETUID: "setuid", RK_SETGID: "setgid", RK_SETGROUPS: "setgroups", RK_CAPSET: "capset",
               RK_UNSHARE: "unshare", RK_SETNS: "setns", RK_CHROOT: "chroot",
-              RK_URING_OPEN: "uring_open", RK_URING_RW: "uring_rw"}
+              RK_URING_OPEN: "uring_open", RK_URING_RW: "uring_rw", **FILE_KIND_NAMES}
 assert max(KIND_NAMES) < NKINDS
 
 # per-kind in-kernel counters: seen = filtered + (approved/discarded: phase 2) + emitted + lost
@@ -42,7 +50,10 @@ SYSCALLS = ("openat", "openat2", "open", "creat", "unlinkat", "unlink", "rmdir",
             "connect", "accept", "accept4", "bind",
             "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
             "setgroups", "capset", "unshare", "setns", "chroot",
-            "io_uring:openat", "io_uring:openat2")
+            "io_uring:openat", "io_uring:openat2",
+            "write", "writev", "pwrite64", "pwritev", "pwritev2", "truncate", "ftruncate", "link", "linkat",
+            "symlink", "symlinkat", "mkdir", "mkdirat", "mknod", "mknodat", "setxattr", "lsetxattr", "fsetxattr",
+            "setxattrat", "mmap", "memfd_create", "mount", "umount2", "move_mount")
 SC = {name: i + 1 for i, name in enumerate(SYSCALLS)}
 SYSCALL_NAMES = {i + 1: name for i, name in enumerate(SYSCALLS)}
 
@@ -82,6 +93,10 @@ CHMOD_BODY = struct.Struct("<IiII")  # sc, dfd, mode, flags
 CHOWN_BODY = struct.Struct("<IiIIII")  # sc, dfd, uid, gid, flags, pad
 EXEC_BODY = struct.Struct("<HHHHIiII")  # after exe file_info: filename_len, args_len, args_flags, pad, sc, dfd,
 #                                         mnt_ns, pad
+FILEOP_BODY = struct.Struct("<IiQQQHHI")  # sc, dfd, flags, mode, aux, extra_len, pad, pad; then file_info;
+#                                          variable: file bytes, extra string (xattr name, memfd name)
+FILEOP2_BODY = struct.Struct("<IiiHHQQ")  # sc, dfd, dfd2, extra_len, pad, flags, aux; then file_info src, dst;
+#                                          variable: src bytes, dst bytes, extra string (fs type)
 FORK_BODY = struct.Struct("<IIQ")  # child_pid, pad, child_start_time
 EXIT_BODY = struct.Struct("<iI")  # exit_code, pad
 
