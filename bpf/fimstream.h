@@ -219,16 +219,12 @@ static __always_inline void fill_inode(struct file_info *fi, u64 inode)
     fi->dev = rd32(WIN64(w, W_INODE, O_INODE_SB) + O_SB_DEV);
 }
 
-/* Walk dentry -> d_parent up to the task's root, crossing mounts through mnt_parent/mnt_mountpoint
- * (what d_path does), writing "/name" components backwards into s->path ending at PATH_END.
- * Returns PF_* flags; the path is s->path[s->pos .. PATH_END). One window read per component (parent,
- * name, length) plus the name itself, one per mount crossed. */
-static __always_inline u32 walk(struct scratch *s, u64 dentry, u64 vfsmnt)
+/* Walk dentry -> d_parent up to the root (root_mnt, root_dentry), crossing mounts through
+ * mnt_parent/mnt_mountpoint (what d_path does), writing "/name" components backwards into s->path
+ * ending at PATH_END. Returns PF_* flags; the path is s->path[s->pos .. PATH_END). One window read per
+ * component (parent, name, length) plus the name itself, one per mount crossed. */
+static __always_inline u32 walk_to(struct scratch *s, u64 dentry, u64 vfsmnt, u64 root_mnt, u64 root_dentry)
 {
-    WIN_BUF(fs, W_FS);
-    READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
-    u64 root_mnt = WIN64(fs, W_FS, O_FS_ROOT + O_PATH_MNT);
-    u64 root_dentry = WIN64(fs, W_FS, O_FS_ROOT + O_PATH_DENTRY);
     u64 mnt = vfsmnt - O_MOUNT_MNT;
     WIN_BUF(m, W_MOUNT);
     READ_WIN(m, W_MOUNT, mnt);
@@ -284,6 +280,14 @@ static __always_inline u32 walk(struct scratch *s, u64 dentry, u64 vfsmnt)
         s->path[PATH_END - 1] = '/';
     }
     return flags;
+}
+
+/* The walk up to the task's root: the path as the process sees it. */
+static __always_inline u32 walk(struct scratch *s, u64 dentry, u64 vfsmnt)
+{
+    WIN_BUF(fs, W_FS);
+    READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
+    return walk_to(s, dentry, vfsmnt, WIN64(fs, W_FS, O_FS_ROOT + O_PATH_MNT), WIN64(fs, W_FS, O_FS_ROOT + O_PATH_DENTRY));
 }
 
 /* Append the walked path to the record; returns its length. */
