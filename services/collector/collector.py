@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 from fimstream.collector import records as R
 from fimstream.collector.file_sensor import FileSensor
 from fimstream.collector.paths import Resolver
+from fimstream.collector.priv_sensor import PrivSensor
 from fimstream.collector.process_sensor import ProcessSensor
 from fimstream.collector.proctable import ProcTable
 from fimstream.collector.program import Program
@@ -49,11 +50,12 @@ class Collector:
         self.require_all_sensors = require_all_sensors
         self.procs = ProcTable()
         self.resolver = Resolver(root_of=self.procs.root_of)
-        self.sensors: list[Sensor] = [FileSensor(self.resolver), ProcessSensor(self.procs, self.resolver)]
+        self.boot_offset_ns = boot_offset_ns()
+        self.sensors: list[Sensor] = [FileSensor(self.resolver), ProcessSensor(self.procs, self.resolver),
+                                      PrivSensor(self.procs, self.resolver, self.boot_offset_ns)]
         self.program: Program | None = None
         self.reader: RingReader | None = None
         self.on_event: Callable = lambda ev: None
-        self.boot_offset_ns = boot_offset_ns()
         self._decoders: dict[int, Callable] = {}
         self.events = 0
         self.decode_errors = 0

@@ -30,7 +30,7 @@ KEEP_EXITED_S = 30.0
 class ProcInfo:
     __slots__ = ("pid", "ppid", "start_ns", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm", "exe",
                  "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "cgroup_id", "container_id",
-                 "root_shared", "blocks", "exited_at", "source")
+                 "root_shared", "root_prefix", "blocks", "exited_at", "source")
 
     def __init__(self, pid: int, ppid: int = 0, start_ns: int = 0):
         self.pid = pid
@@ -47,13 +47,14 @@ class ProcInfo:
         self.cgroup_id = 0  # the v2 cgroup id `cgroup` was resolved from (0: from /proc)
         self.container_id = ""
         self.root_shared: bool | None = None  # same root and mount namespace as the collector
+        self.root_prefix: bytes | None = None  # chrooted inside our root and mount namespace: where its root is
         self.blocks: dict[bytes, bytes] = {}  # header signature -> encoded Process block (encoder.py)
         self.exited_at = 0.0
         self.source = ""  # "proc" (seeded), "exec", "fork", "header" (only what a record said)
 
     def inherit(self, parent: "ProcInfo") -> None:
         for name in ("exe", "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "container_id",
-                     "root_shared", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm"):
+                     "root_shared", "root_prefix", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm"):
             setattr(self, name, getattr(parent, name))
 
     def __repr__(self) -> str:
@@ -177,6 +178,11 @@ class ProcTable:
         self._read_cgroup(info)
         key = self._root_key(pid)
         info.root_shared = None if key is None else key == self._self_root
+        if key is not None and self._self_root is not None and not info.root_shared and key[2] == self._self_root[2]:
+            try:  # chrooted in our mount namespace: the kernel names its root from ours
+                info.root_prefix = os.readlink(f"{self.proc}/{pid}/root".encode())
+            except OSError:
+                pass
         info.source = "proc"
         return info
 
@@ -255,15 +261,19 @@ class ProcTable:
             parent = self.procs.get(info.ppid)
             if parent is not None:  # best guess for what a record cannot say
                 info.cgroup, info.container_id, info.root_shared = parent.cgroup, parent.container_id, parent.root_shared
+                info.root_prefix = parent.root_prefix
         info.source = "header"
         return info
 
     def root_of(self, pid: int) -> bytes | None:
-        """Root prefix for path resolution once /proc/<pid> is gone: ours if it shared our root."""
+        """Root prefix for path resolution once /proc/<pid> is gone: ours if it shared our root, the
+        directory it chroot()ed into inside ours, None when unknown."""
         info = self.procs.get(pid)
-        if info is not None and info.root_shared:
+        if info is None:
+            return None
+        if info.root_shared:
             return b""
-        return None
+        return info.root_prefix
 
     def ancestors(self, info: ProcInfo) -> list[ProcInfo]:
         out = []
@@ -296,6 +306,7 @@ class ProcTable:
         info = ProcInfo(pid, hdr[H_PPID], hdr[H_START])
         if old is not None:
             info.cgroup, info.container_id, info.root_shared = old.cgroup, old.container_id, old.root_shared
+            info.root_prefix = old.root_prefix
         info.uid, info.gid, info.euid, info.egid = hdr[H_UID], hdr[H_GID], hdr[H_EUID], hdr[H_EGID]
         info.auid, info.sessionid = hdr[H_AUID], hdr[H_SESSION]
         info.comm = hdr[H_COMM].split(b"\0", 1)[0]
@@ -306,6 +317,21 @@ class ProcTable:
             info.root_shared = mnt_ns == self._self_mnt_ns and info.root_shared is not False
         info.source = "exec"
         self.procs[pid] = info  # a new object: Process blocks cached on the old one are dropped with it
+        return info
+
+    def on_chroot(self, pid: int, hdr: tuple, new_root: bytes, path_flags: int) -> ProcInfo:
+        """chroot() succeeded: `new_root` is the kernel's walk of the new root up to the old one (to the
+        namespace root with PF_OUTSIDE_ROOT, i.e. ours when the process shares our mount namespace)."""
+        info = self.get(pid, hdr)
+        base = self.root_of(pid)
+        if base is None or path_flags & (R.PF_TRUNCATED | R.PF_DEPTH | R.PF_UNRESOLVED):
+            prefix = None
+        elif path_flags & R.PF_OUTSIDE_ROOT:  # escaped the old root: named from the namespace root, ours
+            prefix = new_root
+        else:
+            prefix = base.rstrip(b"/") + new_root.rstrip(b"/")
+        info.root_shared = prefix == b""
+        info.root_prefix = None if info.root_shared else prefix
         return info
 
     def on_exit(self, pid: int) -> None:
