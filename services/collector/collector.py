@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 from fimstream.collector import records as R
 from fimstream.collector.file_sensor import FileSensor
+from fimstream.collector.net_sensor import NetSensor
 from fimstream.collector.paths import Resolver
 from fimstream.collector.priv_sensor import PrivSensor
 from fimstream.collector.process_sensor import ProcessSensor
@@ -52,7 +53,8 @@ class Collector:
         self.resolver = Resolver(root_of=self.procs.root_of)
         self.boot_offset_ns = boot_offset_ns()
         self.sensors: list[Sensor] = [FileSensor(self.resolver), ProcessSensor(self.procs, self.resolver),
-                                      PrivSensor(self.procs, self.resolver, self.boot_offset_ns)]
+                                      PrivSensor(self.procs, self.resolver, self.boot_offset_ns),
+                                      NetSensor(self.boot_offset_ns)]
         self.program: Program | None = None
         self.reader: RingReader | None = None
         self.on_event: Callable = lambda ev: None

@@ -6,8 +6,6 @@ import ctypes
 import os
 import socket
 
-import pytest
-
 from fimstream.collector import records as R
 
 from .conftest import libc, root_only, syscall
