@@ -66,7 +66,7 @@ class MetadataResolver:
             # advice for GlobalTables of several workers; use_partitioner: the leader writes outside any stream
             self.table = app.tables.add(_MetadataTable(
                 app, name=TABLE, default=None, beacon=app.tables.beacon, partitions=1, standby_buffer_size=1,
-                recovery_buffer_size=1, is_global=True, use_partitioner=True, key_type=str, value_type=dict))
+                recovery_buffer_size=1, is_global=True, use_partitioner=True))  # keys and values: JSON
         self.app = app
 
     async def start(self) -> None:
@@ -120,7 +120,9 @@ class MetadataResolver:
         log.info("metadata: leader: listing and watching pods, namespaces, replicasets, jobs")
         self.cache = MetadataCache(self.k8s, api_client=self.api, listeners=[self._changes.put])
         self.cache.start()
-        await asyncio.to_thread(self.cache.wait_synced, 60.0)
+        deadline = time.monotonic() + 60.0
+        while not self.cache.synced and time.monotonic() < deadline:  # cancellable, unlike wait_synced()
+            await asyncio.sleep(0.2)
         self._republish()
 
     def _republish(self) -> None:

@@ -67,3 +67,27 @@ def test_pod_metadata_and_held_events(settings, api):
         assert counters["hold_held"] >= 3 and counters["hold_expired"] == 1 and counters["hold_resolved"] >= 2
         assert counters["k8s_leader"] == 1
     asyncio.run(main())
+
+
+def test_restarted_enricher_recovers_metadata_from_the_table_changelog(settings, api):
+    """The table is the shared copy: a restarted enricher serves pod metadata from the changelog even
+    while the API server is unreachable."""
+    codecs = Codecs()
+    pod = pf.load("pod-containerd-deployment")
+    api.create(pod)
+
+    async def main():
+        await kafka.ensure_topics(settings)
+        async with running_stage("enricher", settings) as health:
+            for _ in range(300):
+                if health.snapshot()["counters"].get("k8s_table_entries", 0) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert health.snapshot()["counters"]["k8s_table_entries"] >= 2
+        api.stop()  # the new leader cannot list: only the changelog knows the pod
+        await produce(settings, settings.topics.raw, [_batch(codecs, pod, "nginx")], key=b"after-restart")
+        async with running_stage("enricher", settings):
+            [msg] = await consume(settings, settings.topics.enriched, 1, timeout=60)
+        [ev] = codecs.enriched.decode_batch(msg.value)
+        assert ev["enrich_status"] == "kubernetes" and ev["k8s"]["pod"] == pod["metadata"]["name"]
+    asyncio.run(main())
