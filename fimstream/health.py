@@ -24,6 +24,7 @@ class Health:
         self.info: dict[str, Any] = {}
         self.status = "starting"
         self._sources: list[Callable[[], dict[str, Any]]] = []
+        self.exports: list[Callable[[dict[str, Any]], None]] = []  # e.g. metrics.CounterExport.update
 
     def inc(self, name: str, n: int | float = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -43,10 +44,13 @@ class Health:
                 "started": self.started, "counters": counters, "info": self.info}
 
     def write(self) -> None:
+        snap = self.snapshot()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.snapshot(), default=str))
+        tmp.write_text(json.dumps(snap, default=str))
         os.replace(tmp, self.path)  # atomic: readers never see half a file
+        for export in self.exports:
+            export(snap["counters"])
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from fimstream import telemetry
+from fimstream import metrics, telemetry
 from fimstream.config import Settings
 from fimstream.health import Health
 
@@ -29,6 +29,9 @@ async def run_stage(stage: str, settings: Settings, **options) -> None:
         loop.add_signal_handler(sig, stop.set)
     health = Health(settings.state_dir, stage)
     health.info.update(kafka=settings.kafka_bootstrap, host=settings.host)
+    exported = metrics.setup(stage)
+    if exported is not None:
+        health.exports.append(exported.update)
     beat = asyncio.create_task(health.run(stop))
     telemetry.setup(stage)
     try:
@@ -37,6 +40,8 @@ async def run_stage(stage: str, settings: Settings, **options) -> None:
         stop.set()
         await beat
         telemetry.shutdown()
+        if exported is not None:
+            exported.shutdown()
 
 
 def main(stage: str, settings: Settings, log_level: str = "INFO", **options) -> int:
