@@ -54,6 +54,10 @@ def cmd_lint(args) -> int:
         return 1
     for w in rs.warnings:
         print(f"{w} [warning]")
+    from .enforcement import compile_policy
+    for r in compile_policy(rs).refused:
+        rule = rs.by_id[r.rule]
+        print(f"{rule.file}:{rule.line}:1: {r} [warning]")
     print(f"ok: {len(rs.rules)} rules ({len(rs.enabled_rules)} enabled), {len(rs.correlations)} correlations "
           f"({len(rs.enabled_correlations)} enabled) in {len(rs.files)} file(s)")
     return 0
@@ -96,8 +100,11 @@ def cmd_explain(args) -> int:
     if rs is None:
         return 1
     policy = rs.kernel_policy(resolve_inodes=not args.no_inodes)
+    from .enforcement import compile_policy
+    enforcement = compile_policy(rs)
     if args.json:
-        print(json.dumps(policy.to_dict(), indent=2, sort_keys=True))
+        print(json.dumps({**policy.to_dict(), "enforcement": enforcement_dict(enforcement)}, indent=2,
+                         sort_keys=True))
         return 0
     print(f"rule set {rs.version[:12]}: {len(rs.enabled_rules)} enabled rules")
     drop = [t for t, tp in policy.types.items() if tp.mode == "drop"]
@@ -134,9 +141,44 @@ def cmd_explain(args) -> int:
         print("\ncorrelations (run by the detector on rule matches; their step rules are filtered above):")
         for c in rs.correlations:
             print("  " + describe_correlation(c, rs))
+    print_enforcement(enforcement)
     for w in rs.warnings:
         print(f"warning: {w}")
     return 0
+
+
+def enforcement_dict(enf) -> dict:
+    from .enforcement import DENY_TYPES, KILL_TYPES, describe_clause
+    out = {"kill": {}, "deny": {}, "refused": [str(r) for r in enf.refused]}
+    for action, tables in (("kill", enf.kill), ("deny", enf.deny)):
+        for t, table in tables.items():
+            hook = KILL_TYPES[t] if action == "kill" else (DENY_TYPES[t], "")
+            out[action][t] = {"hook": hook[0], "effect": hook[1] if action == "kill" else DENY_TYPES[t],
+                              "clauses": [{"rule": c.rule, "when": describe_clause(table, c)} for c in table.clauses]}
+    return out
+
+
+def print_enforcement(enf) -> None:
+    """What `actions: [kill]` / `[deny]` do on this kernel, rule by rule (fimstream.rules.enforcement)."""
+    from .enforcement import DENY_TYPES, KILL_TYPES, describe_clause
+    if enf.empty and not enf.refused:
+        return
+    print("\nenforcement:")
+    for t, table in enf.kill.items():
+        hook, effect = KILL_TYPES[t]
+        print(f"  kill on {t}: SIGKILL from the kernel at {hook}")
+        print(f"    effect on this kernel: {effect}")
+        for c in table.clauses:
+            print(f"    - {c.rule}: when {describe_clause(table, c)}")
+    for t, table in enf.deny.items():
+        print(f"  deny on {t}: {DENY_TYPES[t]}")
+        for c in table.clauses:
+            print(f"    - {c.rule}: when {describe_clause(table, c)}")
+    if any(t in enf.kill for t in ("truncate", "unlink", "rmdir", "rename", "chmod", "chown")):
+        print("  note: path strings of unlink/rmdir/rename/chmod/chown/truncate are matched as written, joined to "
+              "the true dirfd/cwd path at syscall entry: a symlink or '..' inside the string is not resolved")
+    for r in enf.refused:
+        print(f"  refused: {r}")
 
 
 def describe_correlation(c, rs) -> str:
