@@ -17,8 +17,18 @@ struct exec_body {        /* RK_EXEC; variable part: exe (file slot), filename, 
     u32 sc;               /* SC_EXECVE / SC_EXECVEAT; 0 for an exec the kernel started */
     s32 dfd;
     u32 mnt_ns;           /* mount namespace inode: tells userspace whose root paths are relative to */
-    u32 pad2;
+    u32 xflags;           /* EXF_* */
+    u32 old_uid, old_euid, old_gid, old_egid;  /* credentials before the exec (EXF_OLD_CRED) */
+    u64 old_caps;         /* effective capabilities before and after */
+    u64 new_caps;
+    s64 mtime_ns;         /* the executed file's inode times (wall clock) */
+    s64 ctime_ns;
 };
+
+#define EXF_OLD_CRED 1    /* old_* were saved at sys_enter_execve(at) */
+#define EXF_OVERLAY 2     /* the file is on overlayfs */
+#define EXF_UPPER 4       /* ... and has an upper-layer copy: written or changed after the layers were made */
+#define OVERLAYFS_SUPER_MAGIC_ 0x794c7630
 
 struct fork_body {        /* RK_FORK: the header is the parent's */
     u32 child_pid;
@@ -32,6 +42,32 @@ struct exit_body {        /* RK_EXIT */
 };
 
 #define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
+#define CTIME_NSEC_MASK 0x7fffffff  /* bit 31 of i_ctime_nsec: I_CTIME_QUERIED (multigrain timestamps) */
+
+/* A file with no place in any directory tree (memfd_create, other pseudo files): its dentry is its own
+ * parent, so a walk finds nothing above it. The name d_path shows is "/" + d_name ("/memfd:payload");
+ * it is on no mount the process can reach, and with no link left it reads as deleted. Returns 1 when
+ * `dentry` is such a file and the slot was filled. */
+static __always_inline int slot_pseudo(struct scratch *s, struct file_info *fi, u64 file, u64 dentry, u64 inode)
+{
+    WIN_BUF(d, W_DENTRY);
+    READ_WIN(d, W_DENTRY, dentry);
+    if (WIN64(d, W_DENTRY, O_DENTRY_PARENT) != dentry)
+        return 0;
+    if (rd64(rd64(file + O_FILE_PATH_MNT) + O_VFSMOUNT_ROOT) == dentry)
+        return 0;  /* the root of a mount (a detached one): the walk's business */
+    fill_inode(fi, inode);
+    u32 off = s->len;
+    if (off > EV_VAR_MASK)
+        return 0;
+    s->ev[off & EV_VAR_MASK] = '/';
+    s->len = off + 1;
+    u32 n = append_str(s, WIN64(d, W_DENTRY, O_DENTRY_NAME_NAME), 0);
+    fi->str_len = 0;
+    fi->path_len = n + 1;
+    fi->path_flags = PF_OUTSIDE_ROOT | (fi->nlink ? 0 : PF_DELETED);
+    return 1;
+}
 
 TP(sched, sched_process_exec)
 {
@@ -52,12 +88,38 @@ TP(sched, sched_process_exec)
     struct inflight *in = inflight.lookup(&old_tid);  /* which syscall (none: an exec started by the kernel) */
     if (in) {
         b->sc = in->sc;
+        /* credentials before the exec, to see a set-user-ID/set-group-ID or file-capability change */
+        b->xflags |= EXF_OLD_CRED;
+        b->old_uid = (u32)in->a[3];
+        b->old_euid = in->a[3] >> 32;
+        b->old_gid = (u32)in->a[4];
+        b->old_egid = in->a[4] >> 32;
+        b->old_caps = in->a[5];
         if (old_tid != tid)
             inflight.delete(&old_tid);                /* its sys_exit runs under the new tid */
     }
     b->mnt_ns = rd32(rd64(TASK64(s, O_TASK_NSPROXY) + O_NSPROXY_MNT_NS) + O_MNT_NS_INUM);
+    b->new_caps = rd64(TASK64(s, O_TASK_CRED) + O_CRED_CAP_EFFECTIVE);
     u64 mm = TASK64(s, O_TASK_MM);
-    slot_file(s, &b->exe, rd64(mm + O_MM_EXE_FILE));
+    u64 exe_file = rd64(mm + O_MM_EXE_FILE);
+    u64 exe_dentry = rd64(exe_file + O_FILE_PATH_DENTRY);
+    u64 inode = rd64(exe_dentry + O_DENTRY_INODE);
+    if (inode) {
+#if O_INODE_MTIME_SEC >= 0
+        b->mtime_ns = (s64)rd64(inode + O_INODE_MTIME_SEC) * 1000000000 + rd32(inode + O_INODE_MTIME_NSEC);
+        b->ctime_ns = (s64)rd64(inode + O_INODE_CTIME_SEC) * 1000000000
+                      + (rd32(inode + O_INODE_CTIME_NSEC) & CTIME_NSEC_MASK);
+#endif
+        /* overlayfs: the inode is the vfs_inode inside a struct ovl_inode, whose __upperdentry is set
+         * once the file exists in the upper (container-writable) layer */
+        if (rd64(rd64(inode + O_INODE_SB) + O_SB_MAGIC) == OVERLAYFS_SUPER_MAGIC_) {
+            b->xflags |= EXF_OVERLAY;
+            if (rd64(inode - O_OVL_INODE_VFS_INODE + O_OVL_INODE_UPPERDENTRY))
+                b->xflags |= EXF_UPPER;
+        }
+    }
+    if (!exe_dentry || !slot_pseudo(s, &b->exe, exe_file, exe_dentry, inode))
+        slot_file(s, &b->exe, exe_file);
     u32 loc = args->data_loc_filename;
     b->filename_len = append_str(s, (u64)args + (loc & 0xFFFF), 0);
 
@@ -80,16 +142,27 @@ TP(sched, sched_process_exec)
     return 0;
 }
 
-/* Exec arguments are saved for the failure report only; kind 0 keeps these entries out of the exec
- * counters, which count sched_process_exec hits and failed execs once each. */
+/* Exec arguments are saved for the failure report, the caller's credentials for the comparison at
+ * sched_process_exec; kind 0 keeps these entries out of the exec counters, which count
+ * sched_process_exec hits and failed execs once each. */
+static __always_inline int exec_enter(u32 sc, s64 dfd, u64 filename, u64 flags)
+{
+    u64 cred = rd64(bpf_get_current_task() + O_TASK_CRED);
+    WIN_BUF(c, W_CRED);
+    READ_WIN(c, W_CRED, cred);
+    u64 uids = WIN32(c, W_CRED, O_CRED_UID) | (u64)WIN32(c, W_CRED, O_CRED_EUID) << 32;
+    u64 gids = WIN32(c, W_CRED, O_CRED_GID) | (u64)WIN32(c, W_CRED, O_CRED_EGID) << 32;
+    return stash(0, sc, dfd, filename, flags, uids, gids, rd64(cred + O_CRED_CAP_EFFECTIVE));
+}
+
 TP(syscalls, sys_enter_execve)
 {
-    return stash(0, SC_EXECVE, AT_FDCWD_, (u64)args->filename, 0, 0, 0, 0);
+    return exec_enter(SC_EXECVE, AT_FDCWD_, (u64)args->filename, 0);
 }
 
 TP(syscalls, sys_enter_execveat)
 {
-    return stash(0, SC_EXECVEAT, args->fd, (u64)args->filename, args->flags, 0, 0, 0);
+    return exec_enter(SC_EXECVEAT, args->fd, (u64)args->filename, args->flags);
 }
 
 static __always_inline int exec_exit(long ret)

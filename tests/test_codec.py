@@ -1,4 +1,5 @@
 import copy
+import io
 import json
 
 import fastavro
@@ -113,3 +114,22 @@ def test_fingerprint_is_stable_over_doc_changes(codecs):
     sources["raw"]["doc"] = "changed documentation"
     assert Codecs(sources=sources).raw.fingerprint == codecs.raw.fingerprint
     assert len(schema_fingerprint(codecs.raw.schema)) == 8
+
+
+def test_history_schemas_let_this_build_read_what_earlier_builds_wrote(codecs):
+    """schemas/history/ holds the earlier versions of the schemas (here: RawEvent before File.mtime_ns and
+    ctime_ns): a batch written with one decodes with the current reader, new fields at their defaults,
+    without any schema topic."""
+    from fimstream.schemas.codec import SCHEMA_DIR
+
+    [old_text] = [p.read_text() for p in (SCHEMA_DIR / "history").glob("raw_event.8ba626cfae683c8f.avsc")]
+    old = fastavro.parse_schema(json.loads(old_text), _write_hint=False)
+    ev = raw_event("exec", "/tmp/x")
+    old_ev = {**ev, "file": {k: v for k, v in ev["file"].items() if k not in ("mtime_ns", "ctime_ns")}}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, {"type": "array", "items": old}, [old_ev])
+    payload = MAGIC + schema_fingerprint(old) + body.getvalue()
+    [back] = Codecs().raw.decode_batch(payload)
+    assert back == ev and back["file"]["ctime_ns"] == 0
+    known = set(codecs.raw.registry.known())  # the enriched and alert versions of that time too
+    assert {bytes.fromhex(fp) for fp in ("8ba626cfae683c8f", "bd2eb4b03f11bcc3", "0a345aae857ecde4")} <= known

@@ -32,7 +32,8 @@ EVENT_TYPES = (
 """Event types rules can select (the schema's EventType minus unknown/enforcement/loss, which the
 pipeline itself produces)."""
 
-EMPTY_FILE = {"path": b"", "path_flags": 0, "dev": 0, "ino": 0, "nlink": 0, "mode": 0, "uid": -1, "gid": -1}
+EMPTY_FILE = {"path": b"", "path_flags": 0, "dev": 0, "ino": 0, "nlink": 0, "mode": 0, "uid": -1, "gid": -1,
+              "mtime_ns": 0, "ctime_ns": 0}
 EMPTY_NET = {"family": 0, "protocol": 0, "local_addr": "", "local_port": 0, "remote_addr": "", "remote_port": 0}
 EMPTY_CRED = {k: -1 for k in ("old_uid", "old_euid", "old_gid", "old_egid", "new_uid", "new_euid", "new_gid",
                               "new_egid")} | {"old_caps": 0, "new_caps": 0}
@@ -60,8 +61,13 @@ def _age(E, P, A):
     return E["time_ns"] - int(boot) - P["start_time_ns"]
 
 
+def _since(E, t):
+    """Event time minus a wall-clock timestamp of the event (a file's ctime...); -1 when it was not read."""
+    return E["time_ns"] - t if t else -1
+
+
 HELPERS = {"_EMPTY_FILE": EMPTY_FILE, "_EMPTY_NET": EMPTY_NET, "_EMPTY_CRED": EMPTY_CRED,
-           "_EMPTY_K8S": EMPTY_K8S, "_age": _age}
+           "_EMPTY_K8S": EMPTY_K8S, "_age": _age, "_since": _since}
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,18 @@ def _build() -> dict[str, Field]:
         Field("exec.file.upper_layer", "bool", "The executed file lives in the writable (upper) layer of the "
               "container's overlay filesystem, i.e. it was written or changed after the container started "
               '(collector sets attrs["upper_layer"]="1").', 'A.get("upper_layer") == "1"', one("exec")),
+        Field("exec.file.change_age", "duration", "Time between the executed file's last inode change (ctime: "
+              "written, created, chmod, chown, renamed) and the exec; a file dropped and run at once is young "
+              "(-1 when unknown, which no `<`/`>` comparison matches).", '_since(E, F["ctime_ns"])', one("exec")),
+        Field("exec.file.modify_age", "duration", "Time between the executed file's last data modification "
+              "(mtime, which `touch -d` can fake; prefer change_age) and the exec (-1 when unknown).",
+              '_since(E, F["mtime_ns"])', one("exec")),
+        Field("exec.setuid", "bool", "The exec changed the effective uid: a set-user-ID file.",
+              'C["new_euid"] != C["old_euid"]', one("exec")),
+        Field("exec.setgid", "bool", "The exec changed the effective gid: a set-group-ID file.",
+              'C["new_egid"] != C["old_egid"]', one("exec")),
+        Field("exec.caps_gained", "int", "Effective capabilities the exec added (set-user-ID root or file "
+              "capabilities; test with CAP_* masks).", 'C["new_caps"] & ~C["old_caps"]', one("exec")),
         # mount
         Field("mount.source.path", "path", "Source of the mount (device or bind-mounted path).", 'F["path"]',
               one("mount"), role="path", slot="file"),

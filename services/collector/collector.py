@@ -52,7 +52,7 @@ class Collector:
         self.procs = ProcTable()
         self.resolver = Resolver(root_of=self.procs.root_of)
         self.boot_offset_ns = boot_offset_ns()
-        self.sensors: list[Sensor] = [FileSensor(self.resolver), ProcessSensor(self.procs, self.resolver),
+        self.sensors: list[Sensor] = [FileSensor(self.resolver), ProcessSensor(self.procs, self.resolver, self.boot_offset_ns),
                                       PrivSensor(self.procs, self.resolver, self.boot_offset_ns),
                                       NetSensor(self.boot_offset_ns)]
         self.program: Program | None = None

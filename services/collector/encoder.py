@@ -151,9 +151,10 @@ class RawEncoder:
             if block is not None:
                 self.stats["file_hits"] += 1
                 return block
-        path, flags, dev, ino, nlink, mode, uid, gid = f.avro_fields()
+        path, flags, dev, ino, nlink, mode, uid, gid, mtime, ctime = f.avro_fields()
         block = b"".join((b"\x02", enc_bytes(path), enc_long(flags), enc_long(dev), enc_long(ino),
-                          enc_long(nlink), enc_long(mode), enc_long(uid), enc_long(gid)))
+                          enc_long(nlink), enc_long(mode), enc_long(uid), enc_long(gid), enc_long(mtime),
+                          enc_long(ctime)))
         if f.key is not None:
             self.stats["file_misses"] += 1
             if len(self._files) >= FILE_CACHE_MAX:

@@ -3,6 +3,8 @@ it is built for every event. The encoder (encoder.py) turns it into RawEvent Avr
 gives the dict form for tests and debugging."""
 from __future__ import annotations
 
+import struct
+
 from fimstream.collector import records as R
 
 EVENT_TYPES = ("unknown", "open", "create", "write", "truncate", "unlink", "rmdir", "rename", "chmod", "chown",
@@ -14,10 +16,10 @@ TYPE_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
 
 
 class FileRef:
-    __slots__ = ("path", "flags", "dev", "ino", "nlink", "mode", "uid", "gid", "key")
+    __slots__ = ("path", "flags", "dev", "ino", "nlink", "mode", "uid", "gid", "key", "mtime_ns", "ctime_ns")
 
     def __init__(self, path: bytes, flags: int = 0, dev: int = 0, ino: int = 0, nlink: int = 0, mode: int = 0,
-                 uid: int = 0, gid: int = 0, key: bytes | None = None):
+                 uid: int = 0, gid: int = 0, key: bytes | None = None, mtime_ns: int = 0, ctime_ns: int = 0):
         self.path = path
         self.flags = flags
         self.dev = dev
@@ -27,21 +29,22 @@ class FileRef:
         self.uid = uid
         self.gid = gid
         self.key = key  # raw record bytes identifying this exact slot: the encoder caches by it
+        self.mtime_ns = mtime_ns
+        self.ctime_ns = ctime_ns
 
     def set_stat(self, st) -> None:
         self.dev, self.ino, self.nlink = st.st_dev, st.st_ino, st.st_nlink
         self.mode, self.uid, self.gid = st.st_mode, st.st_uid, st.st_gid
 
     def to_record(self) -> dict:
-        return {"path": self.path, "path_flags": self.flags, "dev": self.dev, "ino": self.ino, "nlink": self.nlink,
-                "mode": self.mode, "uid": self.uid, "gid": self.gid}
+        return dict(zip(FILE_FIELDS, self.avro_fields()))
 
     def __repr__(self) -> str:
         return f"FileRef({self.path!r}, flags={self.flags}, ino={self.ino})"
 
-
     def avro_fields(self) -> tuple:
-        return self.path, self.flags, self.dev, self.ino, self.nlink, self.mode, self.uid, self.gid
+        return (self.path, self.flags, self.dev, self.ino, self.nlink, self.mode, self.uid, self.gid, self.mtime_ns,
+                self.ctime_ns)
 
 
 class KernelFile:
@@ -55,7 +58,7 @@ class KernelFile:
 
     def avro_fields(self) -> tuple:
         ino, dev, nlink, uid, gid, mode, flags, _, _ = R.FILE_INFO.unpack_from(self.key)
-        return self.key[R.FILE_INFO.size:], flags, st_dev(dev), ino, nlink, mode, uid, gid
+        return self.key[R.FILE_INFO.size:], flags, st_dev(dev), ino, nlink, mode, uid, gid, 0, 0
 
     path = property(lambda self: self.key[R.FILE_INFO.size:])
     flags = property(lambda self: self.avro_fields()[1])
@@ -66,15 +69,35 @@ class KernelFile:
     uid = property(lambda self: self.avro_fields()[6])
     gid = property(lambda self: self.avro_fields()[7])
 
+    mtime_ns = property(lambda self: self.avro_fields()[8])
+    ctime_ns = property(lambda self: self.avro_fields()[9])
+
     def to_record(self) -> dict:
-        path, flags, dev, ino, nlink, mode, uid, gid = self.avro_fields()
-        return {"path": path, "path_flags": flags, "dev": dev, "ino": ino, "nlink": nlink, "mode": mode,
-                "uid": uid, "gid": gid}
+        return dict(zip(FILE_FIELDS, self.avro_fields()))
 
     def __repr__(self) -> str:
-        return f"KernelFile({self.path!r}, flags={self.flags}, ino={self.ino})"
+        return f"{type(self).__name__}({self.path!r}, flags={self.flags}, ino={self.ino})"
 
 
+_TIMES = R.FILE_INFO.size + 16
+
+
+class TimedKernelFile(KernelFile):
+    """A kernel file slot with the inode's mtime and ctime (the executed file): key = file_info, the two
+    times (ns, little endian), then the path, so the encoder's cache tells a changed file apart."""
+
+    __slots__ = ()
+
+    def avro_fields(self) -> tuple:
+        ino, dev, nlink, uid, gid, mode, flags, _, _ = R.FILE_INFO.unpack_from(self.key)
+        mtime, ctime = _TWO_LONGS(self.key, R.FILE_INFO.size)
+        return self.key[_TIMES:], flags, st_dev(dev), ino, nlink, mode, uid, gid, mtime, ctime
+
+    path = property(lambda self: self.key[_TIMES:])
+
+
+FILE_FIELDS = ("path", "path_flags", "dev", "ino", "nlink", "mode", "uid", "gid", "mtime_ns", "ctime_ns")
+_TWO_LONGS = struct.Struct("<qq").unpack_from
 _DEVS: dict[int, int] = {}
 
 

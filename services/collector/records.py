@@ -91,8 +91,8 @@ UNLINK_BODY = struct.Struct("<IiII")  # sc, dfd, flags, pad
 RENAME_BODY = struct.Struct("<IIii")  # sc, flags, olddfd, newdfd; then src, dst
 CHMOD_BODY = struct.Struct("<IiII")  # sc, dfd, mode, flags
 CHOWN_BODY = struct.Struct("<IiIIII")  # sc, dfd, uid, gid, flags, pad
-EXEC_BODY = struct.Struct("<HHHHIiII")  # after exe file_info: filename_len, args_len, args_flags, pad, sc, dfd,
-#                                         mnt_ns, pad
+EXEC_BODY = struct.Struct("<HHHHIiII4IQQqq")  # after exe file_info: filename_len, args_len, args_flags, pad,
+#   sc, dfd, mnt_ns, xflags, old uid/euid/gid/egid, old_caps, new_caps, mtime_ns, ctime_ns
 FILEOP_BODY = struct.Struct("<IiQQQHHI")  # sc, dfd, flags, mode, aux, extra_len, pad, pad; then file_info;
 #                                          variable: file bytes, extra string (xattr name, memfd name)
 FILEOP2_BODY = struct.Struct("<IiiHHQQ")  # sc, dfd, dfd2, extra_len, pad, flags, aux; then file_info src, dst;

@@ -209,7 +209,10 @@ def test_exec_fork_exit_with_process_context(capture):
     assert ex.exec.exe == exe and ex.file.path == exe
     assert (ex.exec.exe_ino, ex.exec.exe_dev) == (os.stat(exe).st_ino, os.stat(exe).st_dev)
     assert ex.exec.args == [b"/bin/sh", b"-c", b"exit 7"] and not ex.exec.args_truncated
-    assert ex.attrs == {"filename": "/bin/sh"}
+    assert ex.attrs == {"filename": "/bin/sh", "boot_ns": str(capture.collector.boot_offset_ns)}
+    st = os.stat(exe)
+    assert (ex.file.mtime_ns, ex.file.ctime_ns) == (st.st_mtime_ns, st.st_ctime_ns)
+    assert ex.cred is None  # same credentials after the exec
     ex_it = only([e for e in events if e.pid == child], "exit")
     assert ex_it.exit_code == 7 << 8
     assert capture.collector.procs.procs[child].exe == exe  # the cache followed the exec
