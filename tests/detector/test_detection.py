@@ -28,31 +28,43 @@ def ids(alerts) -> list[str]:
     return [a["rule_id"] for a in alerts]
 
 
-def test_dropper_alerts_once_with_the_write_as_related_event(pack):
+def test_dropper_is_one_exec_of_a_freshly_changed_file(pack):
     d = Detection(pack)
-    write = ev(0, event_type="create", file="/tmp/.x", container_id="4f1c2e")
-    assert d.evaluate([write]) == []  # tmp_file_written is signal-only: no alert of its own
-    other = ev(10, event_type="exec", file="/tmp/.other", container_id="4f1c2e",
-               process={"pid": 4243, "exe": "/tmp/.other", "comm": ".other"})
-    run = ev(30, event_type="exec", file="/tmp/.x", container_id="4f1c2e",
+    run = ev(30, event_type="exec", file={"path": "/tmp/.x", "ctime_ns": T0}, container_id="4f1c2e",
              process={"pid": 4244, "exe": "/tmp/.x", "comm": ".x"})
-    alerts = d.evaluate([other, run])
-    assert ids(alerts) == ["exec_from_tmp", "exec_from_tmp", "dropper_executed"]
-    dropper = alerts[-1]
+    alerts = d.evaluate([run])
+    assert sorted(ids(alerts)) == ["dropper_executed", "exec_from_tmp"]
+    [dropper] = [a for a in alerts if a["rule_id"] == "dropper_executed"]
     assert dropper["severity"] == "high" and dropper["tags"] == ["T1105", "T1204.002"]
-    assert dropper["event"]["event_id"] == run["event_id"] and dropper["related_event_ids"] == [write["event_id"]]
-    assert dropper["message"].startswith("A file written under /tmp") and dropper["rule_version"] == pack.version[:12]
-    assert "dropper_executed" not in ids(d.evaluate([ev(40, event_type="exec", file="/tmp/.x", container_id="4f1c2e")]))
+    assert dropper["event"]["event_id"] == run["event_id"] and dropper["related_event_ids"] == []
+    assert dropper["message"].startswith("A file under /tmp") and dropper["rule_version"] == pack.version[:12]
+    # changed 3 minutes before the exec, or times unknown: only the location rule
+    stale = ev(180, event_type="exec", file={"path": "/dev/shm/p", "ctime_ns": T0})
+    unknown = ev(5, event_type="exec", file="/dev/shm/p")
+    assert ids(d.evaluate([stale, unknown])) == ["exec_from_dev_shm", "exec_from_dev_shm"]
 
 
-def test_dropper_needs_the_same_container_and_the_window(pack):
-    d = Detection(pack)
+def test_sequence_alerts_once_with_the_first_step_as_related_event():
+    d = Detection(ruleset())
+    write = ev(0, event_type="create", file="/tmp/.x", container_id="4f1c2e")
+    assert d.evaluate([write]) == []  # a is signal-only: no alert of its own
+    other = ev(10, event_type="exec", file="/tmp/.other", container_id="4f1c2e")
+    run = ev(30, event_type="exec", file="/tmp/.x", container_id="4f1c2e")
+    alerts = d.evaluate([other, run])
+    assert ids(alerts) == ["b", "b", "seq", "count"]  # count: two b in a minute
+    seq = alerts[2]
+    assert seq["event"]["event_id"] == run["event_id"] and seq["related_event_ids"] == [write["event_id"]]
+    assert "seq" not in ids(d.evaluate([ev(40, event_type="exec", file="/tmp/.x", container_id="4f1c2e")]))
+
+
+def test_sequence_needs_the_same_container_and_the_window():
+    d = Detection(ruleset())
     d.evaluate([ev(0, event_type="create", file="/tmp/.x", container_id="aaa"),
-                ev(0, event_type="open", file="/dev/shm/p", flags="O_WRONLY|O_TRUNC")])
-    assert "dropper_executed" not in ids(d.evaluate([ev(5, event_type="exec", file="/tmp/.x", container_id="bbb")]))
-    assert "dropper_executed" not in ids(d.evaluate([ev(121, event_type="exec", file="/dev/shm/p")]))
-    d.evaluate([ev(200, event_type="open", file="/dev/shm/p", flags="O_WRONLY|O_TRUNC")])
-    assert ids(d.evaluate([ev(300, event_type="exec", file="/dev/shm/p")])) == ["exec_from_dev_shm", "dropper_executed"]
+                ev(0, event_type="create", file="/tmp/p")])
+    assert "seq" not in ids(d.evaluate([ev(5, event_type="exec", file="/tmp/.x", container_id="bbb")]))
+    assert "seq" not in ids(d.evaluate([ev(121, event_type="exec", file="/tmp/p")]))
+    d.evaluate([ev(200, event_type="create", file="/tmp/p")])
+    assert ids(d.evaluate([ev(300, event_type="exec", file="/tmp/p")])) == ["b", "seq"]
 
 
 def test_mass_log_deletion_counts_per_process(pack):
