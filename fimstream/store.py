@@ -54,7 +54,8 @@ class Column:
     build: Callable[["_Parts"], list | pa.Array]  # the column's values for a batch
 
 
-_NO_FILE = {"path": b"", "path_flags": 0, "dev": 0, "ino": 0, "nlink": 0, "mode": 0, "uid": 0, "gid": 0}
+_NO_FILE = {"path": b"", "path_flags": 0, "dev": 0, "ino": 0, "nlink": 0, "mode": 0, "uid": 0, "gid": 0,
+            "mtime_ns": 0, "ctime_ns": 0}
 _NO_NET = {"family": 0, "protocol": 0, "local_addr": "", "local_port": 0, "remote_addr": "", "remote_port": 0}
 _CRED_FIELDS = ("old_uid", "old_euid", "old_gid", "old_egid", "new_uid", "new_euid", "new_gid", "new_egid",
                 "old_caps", "new_caps")
@@ -110,7 +111,8 @@ def _file_columns(prefix: str, part: str) -> list[Column]:
     return [_col(f"{prefix}_path", "String", part, "path"), _col(f"{prefix}_path_flags", "Int32", part, "path_flags"),
             _col(f"{prefix}_dev", "Int64", part, "dev"), _col(f"{prefix}_ino", "Int64", part, "ino"),
             _col(f"{prefix}_nlink", "Int64", part, "nlink"), _col(f"{prefix}_mode", "Int32", part, "mode"),
-            _col(f"{prefix}_uid", "Int64", part, "uid"), _col(f"{prefix}_gid", "Int64", part, "gid")]
+            _col(f"{prefix}_uid", "Int64", part, "uid"), _col(f"{prefix}_gid", "Int64", part, "gid"),
+            _col(f"{prefix}_mtime_ns", "Int64", part, "mtime_ns"), _col(f"{prefix}_ctime_ns", "Int64", part, "ctime_ns")]
 
 
 def _ancestors(key: str, value_type: pa.DataType) -> Callable[[_Parts], pa.Array]:
