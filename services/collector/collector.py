@@ -26,6 +26,7 @@ from fimstream.collector.proctable import ProcTable
 from fimstream.collector.program import Program
 from fimstream.collector.ringbuf import RingReader
 from fimstream.collector.sensor import Sensor
+from fimstream.collector.uring_sensor import UringSensor
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Collector:
         self.boot_offset_ns = boot_offset_ns()
         self.sensors: list[Sensor] = [FileSensor(self.resolver), ProcessSensor(self.procs, self.resolver, self.boot_offset_ns),
                                       PrivSensor(self.procs, self.resolver, self.boot_offset_ns),
-                                      NetSensor(self.boot_offset_ns)]
+                                      NetSensor(self.boot_offset_ns), UringSensor(self.resolver)]
         self.program: Program | None = None
         self.reader: RingReader | None = None
         self.on_event: Callable = lambda ev: None

@@ -1,0 +1,271 @@
+/* io_uring sensor: file operations submitted through io_uring, which never pass a syscall tracepoint.
+ *
+ * io_uring:io_uring_submit_req fires once per request after the kernel prepared it (the SQE is read
+ * and, for an open, the name already copied: io_open.filename), in the submitting task, the SQPOLL
+ * thread or an io-wq worker of the same process; io_uring:io_uring_complete fires when its CQE is
+ * posted, with the same request pointer.
+ *
+ *  - openat/openat2: the submission is kept in uring_pending (keyed by the request) and the record is
+ *    built at completion, where the result is known: the true path is walked from the new fd (or from
+ *    the registered-file slot of a direct descriptor); a failed open carries the caller's string and the
+ *    base directory, like a failed openat(2). A request that will post no CQE when it succeeds
+ *    (IOSQE_CQE_SKIP_SUCCESS) is reported at submission. A completion whose submission was not seen
+ *    (submitted before the collector started, or its entry evicted) is reported from the fd alone.
+ *  - read/write family: reported at submission, because a request with IOSQE_CQE_SKIP_SUCCESS never
+ *    posts a completion: the file comes from the fd table (or the registered files) at that moment.
+ *    Only regular files; the first read and the first write of each open file (uring_seen, per struct
+ *    file, renewed after URING_AGAIN_NS), the rest are counted as discarded.
+ */
+#include "fimstream.h"
+
+#define URS_COMPLETE 0    /* built at completion: retval is the result */
+#define URS_SUBMIT 1      /* built at submission: no completion will say more (CQE skipped), retval 0 */
+#define URS_NO_SUBMIT 2   /* completion of a submission we did not see: flags from the opened file */
+#define URING_READ 1
+#define URING_WRITE 2
+#define URING_AGAIN_NS (30ULL * 1000000000ULL)
+#define FFS_MASK_ (~3ULL) /* io_rsrc_node.file_ptr: low bits are FFS_NOWAIT / FFS_ISREG */
+#define S_IFMT_U 0170000
+#define S_IFREG_U 0100000
+
+struct uring_pending {    /* an open between its submission and its completion */
+    u32 sc;
+    s32 dfd;
+    u64 flags;
+    u64 mode;
+    u64 resolve;
+    u32 file_slot;        /* direct descriptor: slot + 1 (IORING_FILE_INDEX_ALLOC: any); 0 = a normal fd */
+    u32 pad;
+    u64 uptr;             /* the name in the submitter's memory (struct filename.uptr) */
+    u64 user_data;
+};
+
+struct uring_open_body {  /* RK_URING_OPEN */
+    u32 sc;               /* SC_IO_URING_OPENAT / SC_IO_URING_OPENAT2 */
+    s32 dfd;
+    u64 flags;
+    u64 mode;
+    u64 resolve;
+    u32 fmode;            /* f_mode of the opened file (FMODE_CREATED: a create) */
+    u32 file_slot;
+    u64 user_data;
+    u32 stage;            /* URS_* */
+    u32 pad;
+    struct file_info f;
+};
+
+struct uring_rw_body {    /* RK_URING_RW */
+    u32 op;               /* IORING_OP_* */
+    s32 fd;               /* the fd, or the registered-file index */
+    u32 fixed;
+    u32 f_flags;          /* file->f_flags (O_ACCMODE, O_APPEND...) */
+    u64 user_data;
+    struct file_info f;
+};
+
+struct uring_seen_v {
+    u32 ops;              /* URING_READ | URING_WRITE already reported for this open file */
+    u32 pad;
+    u64 when;
+};
+
+/* LRU: an entry whose completion never comes (or a file never closed through io_uring) ages out. */
+BPF_TABLE("lru_hash", u64, struct uring_pending, uring_pending, 4096);
+BPF_TABLE("lru_hash", u64, struct uring_seen_v, uring_seen, 16384);
+
+#define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
+
+/* A registered file of the request's ring: ctx->file_table.data.nodes[idx]->file_ptr. */
+static __always_inline u64 uring_fixed_file(u64 req, u32 idx)
+{
+    u64 ctx = rd64(req + O_IO_KIOCB_CTX);
+    if (!ctx || idx >= rd32(ctx + O_CTX_FILES_NR))
+        return 0;
+    u64 node = rd64(rd64(ctx + O_CTX_FILES_NODES) + (u64)idx * 8);
+    return node ? rd64(node + O_RSRC_NODE_FILE_PTR) & FFS_MASK_ : 0;
+}
+
+/* current->files->fdt->fd[fd] without a record in progress (fd_file() needs begin()'s task window). */
+static __always_inline u64 uring_fd_file(u64 task, s32 fd)
+{
+    if (fd < 0)
+        return 0;
+    u64 fdt = rd64(rd64(task + O_TASK_FILES) + O_FILES_FDT);
+    if ((u32)fd >= rd32(fdt + O_FDT_MAX_FDS))
+        return 0;
+    return rd64(rd64(fdt + O_FDT_FD) + (u64)fd * 8);
+}
+
+static __always_inline void uring_mark(u64 file, u32 ops)
+{
+    struct uring_seen_v v = {};
+    v.ops = ops;
+    v.when = bpf_ktime_get_boot_ns();
+    uring_seen.update(&file, &v);
+}
+
+/* ------------------------------------------------------------------------------------------- open */
+static __always_inline int open_record(struct uring_pending *p, s64 res, u32 stage, u64 req)
+{
+    struct scratch *s = scratch_get();
+    if (!s)
+        return 0;
+    u64 task = bpf_get_current_task();
+    begin(s, task, RK_URING_OPEN, sizeof(struct uring_open_body), res);
+    struct uring_open_body *b = BODY(uring_open_body, s);
+    __builtin_memset(b, 0, sizeof(*b));
+    b->sc = p->sc;
+    b->dfd = p->dfd;
+    b->flags = p->flags;
+    b->mode = p->mode;
+    b->resolve = p->resolve;
+    b->file_slot = p->file_slot;
+    b->user_data = p->user_data;
+    b->stage = stage;
+    u64 file = 0;
+    if (stage != URS_SUBMIT && res >= 0) {
+        if (!p->file_slot)
+            file = fd_file(s, res);
+        else  /* a direct descriptor: IORING_FILE_INDEX_ALLOC returns the slot, otherwise it was slot + 1 */
+            file = uring_fixed_file(req, p->file_slot == 0xFFFFFFFF ? (u32)res : p->file_slot - 1);
+    }
+    if (file) {
+        b->fmode = slot_file(s, &b->f, file);
+        if (stage == URS_NO_SUBMIT)
+            b->flags = rd32(file + O_FILE_F_FLAGS);
+        uring_mark(file, URING_READ);  /* a new open: its reads are this open's, its first write is new */
+    } else if (stage != URS_NO_SUBMIT) {
+        slot_user_path(s, &b->f, p->dfd, p->uptr);
+    } else {
+        b->f.path_flags = PF_UNRESOLVED;
+    }
+    emit(s, RK_URING_OPEN);
+    return 0;
+}
+
+static __always_inline int open_submit(u64 req, u8 op, u64 rflags, u64 user_data)
+{
+    struct uring_pending p = {};
+    u64 o = req + O_IO_KIOCB_CMD;
+    p.sc = op == IOP_OPENAT2 ? SC_IO_URING_OPENAT2 : SC_IO_URING_OPENAT;
+    p.dfd = (s32)rd32(o + O_IO_OPEN_DFD);
+    p.file_slot = rd32(o + O_IO_OPEN_FILE_SLOT);
+    u64 how[3] = {};
+    bpf_probe_read_kernel(how, sizeof(how), (void *)(o + O_IO_OPEN_HOW));  /* struct open_how {flags, mode, resolve} */
+    p.flags = how[0];
+    p.mode = how[1];
+    p.resolve = how[2];
+    p.uptr = rd64(rd64(o + O_IO_OPEN_FILENAME) + O_FILENAME_UPTR);
+    p.user_data = user_data;
+    if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_)) && uring_pending.update(&req, &p) == 0)
+        return 0;         /* reported when it completes */
+    return open_record(&p, 0, URS_SUBMIT, req);
+}
+
+static __always_inline int open_complete(u64 req, s64 res)
+{
+    struct uring_pending p;
+    struct uring_pending *in = uring_pending.lookup(&req);
+    if (in) {
+        __builtin_memcpy(&p, in, sizeof(p));
+        uring_pending.delete(&req);
+        return open_record(&p, res, URS_COMPLETE, req);
+    }
+    u8 op = 0;
+    bpf_probe_read_kernel(&op, 1, (void *)(req + O_IO_KIOCB_OPCODE));
+    if (op != IOP_OPENAT && op != IOP_OPENAT2)
+        return 0;
+    tally(RK_URING_OPEN, C_SEEN);
+    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
+        tally(RK_URING_OPEN, C_FILTERED);
+        return 0;
+    }
+    __builtin_memset(&p, 0, sizeof(p));
+    p.sc = op == IOP_OPENAT2 ? SC_IO_URING_OPENAT2 : SC_IO_URING_OPENAT;
+    p.dfd = AT_FDCWD_;
+    p.file_slot = rd32(req + O_IO_KIOCB_CMD + O_IO_OPEN_FILE_SLOT);
+    return open_record(&p, res, URS_NO_SUBMIT, req);
+}
+
+/* ----------------------------------------------------------------------------------- read, write */
+static __always_inline int rw_submit(u64 req, u8 op, u32 what, u64 rflags, u64 user_data)
+{
+    tally(RK_URING_RW, C_SEEN);
+    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
+        tally(RK_URING_RW, C_FILTERED);
+        return 0;
+    }
+    s32 fd = (s32)rd32(req + O_IO_KIOCB_CQE_FD);
+    u32 fixed = (rflags & (1ULL << REQ_F_FIXED_FILE_BIT_)) != 0;
+    u64 task = bpf_get_current_task();
+    u64 file = fixed ? uring_fixed_file(req, (u32)fd) : uring_fd_file(task, fd);
+    if (!file || (rd32(rd64(file + O_FILE_INODE) + O_INODE_MODE) & S_IFMT_U) != S_IFREG_U) {
+        tally(RK_URING_RW, C_FILTERED);  /* sockets, pipes, devices: not file events */
+        return 0;
+    }
+    u64 now = bpf_ktime_get_boot_ns();
+    struct uring_seen_v *seen = uring_seen.lookup(&file);
+    if (seen && (seen->ops & what) && now - seen->when < URING_AGAIN_NS) {
+        tally(RK_URING_RW, C_DISCARDED);  /* this open file's first read/write was reported already */
+        return 0;
+    }
+    struct uring_seen_v v = {};
+    v.ops = what | (seen && now - seen->when < URING_AGAIN_NS ? seen->ops : 0);
+    v.when = now;
+    uring_seen.update(&file, &v);
+    struct scratch *s = scratch_get();
+    if (!s)
+        return 0;
+    begin(s, task, RK_URING_RW, sizeof(struct uring_rw_body), 0);
+    struct uring_rw_body *b = BODY(uring_rw_body, s);
+    __builtin_memset(b, 0, sizeof(*b));
+    b->op = op;
+    b->fd = fd;
+    b->fixed = fixed;
+    b->f_flags = rd32(file + O_FILE_F_FLAGS);
+    b->user_data = user_data;
+    slot_file(s, &b->f, file);
+    emit(s, RK_URING_RW);
+    return 0;
+}
+
+/* IORING_OP_CLOSE: the file's next open starts over (a syscall close() is not seen here; the entry then
+ * ages out after URING_AGAIN_NS). */
+static __always_inline int close_submit(u64 req, u64 rflags)
+{
+    u64 o = req + O_IO_KIOCB_CMD;
+    u32 slot = rd32(o + O_IO_CLOSE_FILE_SLOT);
+    u64 file = slot ? uring_fixed_file(req, slot - 1) : uring_fd_file(bpf_get_current_task(), (s32)rd32(o + O_IO_CLOSE_FD));
+    if (file)
+        uring_seen.delete(&file);
+    return 0;
+}
+
+TP(io_uring, io_uring_submit_req)
+{
+    u64 req = (u64)args->req;
+    u8 op = args->opcode;
+    if (op == IOP_OPENAT || op == IOP_OPENAT2) {
+        tally(RK_URING_OPEN, C_SEEN);
+        if (ignored(bpf_get_current_pid_tgid() >> 32)) {
+            tally(RK_URING_OPEN, C_FILTERED);
+            return 0;
+        }
+        return open_submit(req, op, args->flags, args->user_data);
+    }
+    if (op == IOP_READ || op == IOP_READV || op == IOP_READ_FIXED || op == IOP_READV_FIXED || op == IOP_READ_MULTISHOT)
+        return rw_submit(req, op, URING_READ, args->flags, args->user_data);
+    if (op == IOP_WRITE || op == IOP_WRITEV || op == IOP_WRITE_FIXED || op == IOP_WRITEV_FIXED)
+        return rw_submit(req, op, URING_WRITE, args->flags, args->user_data);
+    if (op == IOP_CLOSE)
+        return close_submit(req, args->flags);
+    return 0;
+}
+
+TP(io_uring, io_uring_complete)
+{
+    u64 req = (u64)args->req;
+    if (!req)
+        return 0;         /* an auxiliary CQE (multishot, msg_ring...): no request behind it */
+    return open_complete(req, args->res);
+}

@@ -1,0 +1,153 @@
+"""io_uring sensor: file operations done through a real io_uring (tests/collector/uring_ops.c, raw syscalls,
+compiled here with gcc) never reach the syscall tracepoints; they must still give open/create/write
+events with true paths, results and flags."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fimstream.collector import records as R
+
+from .conftest import root_only
+
+pytestmark = root_only
+
+O_WRONLY, O_RDWR, O_CREAT = os.O_WRONLY, os.O_RDWR, os.O_CREAT
+RESOLVE_NO_SYMLINKS = 0x04
+
+
+@pytest.fixture(scope="module")
+def uring_ops(tmp_path_factory):
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the io_uring driver")
+    exe = tmp_path_factory.mktemp("uring") / "uring_ops"
+    src = Path(__file__).with_name("uring_ops.c")
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(exe), str(src)], check=True, capture_output=True)
+    return str(exe)
+
+
+def run(capture, uring_ops, *steps, cwd=None, pass_fds=(), env=None):
+    """Run the driver; returns (its results in step order, its events)."""
+    def act():
+        return subprocess.run([uring_ops, *steps], capture_output=True, check=True, cwd=cwd, pass_fds=pass_fds,
+                              env=dict(os.environ, **(env or {})))
+    events = capture(act, children=True)
+    lines = capture.result.stdout.decode().split()
+    results = [int(v) for v in lines[1::2]]
+    child = {e.pid for e in events if e.syscall.startswith("io_uring:")}
+    return results, [e for e in events if e.pid in child]
+
+
+def uring(events, path=None):
+    return [e for e in events if e.syscall.startswith("io_uring:") and (path is None or e.file.path == path)]
+
+
+def test_open_create_write_read_close(capture, uring_ops, tmp_path):
+    f = tmp_path.resolve() / "f"
+    pf = os.fsencode(f)
+    results, events = run(capture, uring_ops, f"openat,{f},{O_CREAT | O_WRONLY},0640", "write,$0", "write,$0",
+                          "close,$0", f"openat,{f},0", "read,$4", "read,$4")
+    fd, w1, w2, closed, fd2, r1, r2 = results
+    assert (w1, w2, closed, r1, r2) == (5, 5, 0, 5, 5) and fd >= 0 and fd2 >= 0
+    st = os.stat(f)
+    got = [(e.type_name, e.syscall, e.retval) for e in uring(events, pf)]
+    # one create, the first write only, the reopen; the reads belong to an open already reported
+    assert got == [("create", "io_uring:openat", fd), ("write", "io_uring:write", 0), ("open", "io_uring:openat", fd2)]
+    create, write, reopen = uring(events, pf)
+    assert create.flags & (O_CREAT | O_WRONLY) == O_CREAT | O_WRONLY and create.mode == 0o640
+    for ev in (create, write, reopen):
+        assert (ev.file.ino, ev.file.dev, ev.file.mode, ev.file.flags) == (st.st_ino, st.st_dev, st.st_mode, 0)
+    assert write.attrs == {"fd": str(fd)} and write.flags & os.O_ACCMODE == O_WRONLY
+    # none of it went through a syscall the file sensor hooks
+    assert not [e for e in events if e.file is not None and e.file.path == pf and not e.syscall.startswith("io_uring:")]
+
+
+def test_read_of_an_fd_opened_elsewhere_and_a_second_write_after_close(capture, uring_ops, tmp_path):
+    f = tmp_path.resolve() / "given"
+    f.write_bytes(b"hello world")
+    fd = os.open(f, os.O_RDWR)
+    try:
+        results, events = run(capture, uring_ops, f"read,{fd}", f"read,{fd}", f"write,{fd}", pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert results == [5, 5, 5]
+    got = [(e.type_name, e.syscall, e.flags & os.O_ACCMODE) for e in uring(events, os.fsencode(f))]
+    assert got == [("open", "io_uring:read", O_RDWR), ("write", "io_uring:write", O_RDWR)]
+
+
+def test_relative_failed_and_openat2(capture, uring_ops, tmp_path):
+    d = tmp_path.resolve()
+    (d / "sub").mkdir()
+    (d / "sub" / "x").write_bytes(b"")
+    os.symlink(d / "sub" / "x", d / "link")
+    results, events = run(capture, uring_ops, "openat,sub/../sub/x,0", "openat,missing/y,0", "openat,sub/nope,0",
+                          f"openat2,{d}/link,0,{RESOLVE_NO_SYMLINKS}", f"openat2,{d}/sub/x,0,{RESOLVE_NO_SYMLINKS}",
+                          cwd=d)
+    ok, no_dir, no_file, loop, ok2 = results
+    assert (no_dir, no_file, loop) == (-errno.ENOENT, -errno.ENOENT, -errno.ELOOP) and ok >= 0 and ok2 >= 0
+    by = [(e.syscall, e.retval, e.file.path, e.file.flags) for e in uring(events)]
+    assert by == [
+        ("io_uring:openat", ok, os.fsencode(d / "sub/x"), 0),  # the true path, from the fd
+        ("io_uring:openat", -errno.ENOENT, os.fsencode(d / "missing/y"), R.PF_UNRESOLVED),  # no such directory
+        ("io_uring:openat", -errno.ENOENT, os.fsencode(d / "sub/nope"), 0),
+        # refused for its symlink: named like a failed openat(2), through the link (what it leads to)
+        ("io_uring:openat2", -errno.ELOOP, os.fsencode(d / "sub/x"), 0),
+        ("io_uring:openat2", ok2, os.fsencode(d / "sub/x"), 0),
+    ]
+    assert uring(events)[3].attrs == {"resolve": hex(RESOLVE_NO_SYMLINKS)}
+    assert uring(events)[3].file.ino == os.stat(d / "sub/x").st_ino  # it exists: its identity, by stat
+
+
+def test_direct_descriptors_and_registered_files(capture, uring_ops, tmp_path):
+    g = tmp_path.resolve() / "g"
+    results, events = run(capture, uring_ops, "sparse,4", f"openat,{g},{O_CREAT | O_RDWR},0600,3", "writefix,2",
+                          "readfix,2")
+    assert results == [0, 0, 5, 5]
+    create, write = uring(events, os.fsencode(g))  # the read: same open file, already reported
+    assert (create.type_name, create.retval, create.attrs) == ("create", 0, {"direct_slot": "2"})
+    assert create.file.ino == os.stat(g).st_ino  # walked from the registered file, not the string
+    assert (write.type_name, write.syscall, write.attrs) == ("write", "io_uring:write", {"fixed_index": "2"})
+
+
+def test_a_request_that_skips_its_completion_is_reported_at_submission(capture, uring_ops, tmp_path):
+    f = tmp_path.resolve() / "quiet"
+    f.write_bytes(b"")
+    results, events = run(capture, uring_ops, f"openat,{f},0,0,0,1")
+    assert results == [1 << 30]  # success posted no CQE
+    (ev,) = uring(events)
+    assert (ev.type_name, ev.retval, ev.file.path, ev.file.flags) == ("open", 0, os.fsencode(f), 0)
+    assert ev.attrs == {"uring": "submission"}
+    assert ev.file.ino == os.stat(f).st_ino
+
+
+@pytest.mark.parametrize("mode", ["URING_SQPOLL", "URING_ASYNC"])
+def test_sqpoll_thread_and_io_wq_workers(capture, uring_ops, tmp_path, mode):
+    """Submitted by the kernel's SQ polling thread (no syscall at all), or run by io-wq worker threads:
+    the events still belong to the process, with true paths and results."""
+    d = tmp_path.resolve()
+    f = d / "w"
+    results, events = run(capture, uring_ops, f"openat,{f},{O_CREAT | O_WRONLY},0600", "write,$0",
+                          f"openat,{d}/nope/x,0", env={mode: "1"})
+    fd, written, missing = results
+    assert fd >= 0 and written == 5 and missing == -errno.ENOENT
+    got = [(e.type_name, e.retval, e.file.path) for e in uring(events)]
+    assert got == [("create", fd, os.fsencode(f)), ("write", 0, os.fsencode(f)),
+                   ("open", -errno.ENOENT, os.fsencode(d / "nope/x"))]
+    assert len({e.pid for e in uring(events)}) == 1  # one process, whichever of its threads ran the request
+
+
+def test_counters(capture, uring_ops, tmp_path):
+    f = tmp_path.resolve() / "c"
+    before = capture.collector.kernel_counters()
+    run(capture, uring_ops, f"openat,{f},{O_CREAT | O_WRONLY},0600", "write,$0", "write,$0", "write,$0")
+    after = capture.collector.kernel_counters()
+    d_open = {k: after["uring_open"][k] - before["uring_open"][k] for k in R.COUNTER_NAMES}
+    d_rw = {k: after["uring_rw"][k] - before["uring_rw"][k] for k in R.COUNTER_NAMES}
+    assert d_open["emitted"] >= 1 and d_open["lost"] == 0
+    assert d_rw["emitted"] >= 1 and d_rw["discarded"] >= 2  # the repeated writes, dropped in the kernel
+    assert d_rw["seen"] == d_rw["filtered"] + d_rw["discarded"] + d_rw["emitted"] + d_rw["lost"]
