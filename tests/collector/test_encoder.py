@@ -153,3 +153,50 @@ def test_process_blocks_are_reused_per_thread_context_and_rebuilt_on_exec():
     procs.on_exec(info.pid, hdr, b"/bin/b", 1, 2, [b"b"], False)
     b3 = encoder.process_for(Event(R.RK_OPEN, 1, "openat", hdr, sig))[1]
     assert b3 != b1 and b"/bin/b" in b3
+
+
+@root_only
+def test_real_network_privilege_and_exec_events(capture, tmp_path):
+    """Events with RawEvent.net, .cred, unix paths in attrs, exec file times and a set-user-ID exec."""
+    import shutil
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    d = tmp_path.resolve()
+    public = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="fimstream-enc-"))  # reachable by uid 1000
+    os.chmod(public, 0o755)
+    suid = public / "suid-true"
+    shutil.copy(os.path.realpath("/bin/true"), suid)
+    os.chmod(suid, 0o4755)
+
+    def act():
+        srv = socket.socket(socket.AF_INET6)
+        srv.bind(("::1", 0))
+        srv.listen()
+        cli = socket.socket(socket.AF_INET6)
+        cli.connect(srv.getsockname()[:2])
+        conn, _ = srv.accept()
+        u = socket.socket(socket.AF_UNIX)
+        u.bind(os.fsencode(d / "s\xe9.sock"))
+        for s in (conn, cli, srv, u):
+            s.close()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([3])
+                os.setresgid(1000, 1000, 1000)
+                os.setresuid(1000, 1000, 1000)
+                os.execv(suid, [str(suid)])
+            finally:
+                os._exit(1)
+        os.waitpid(pid, 0)
+
+    try:
+        events = capture(act, children=True)
+    finally:
+        shutil.rmtree(public)
+    kinds = {e.type_name for e in events}
+    assert {"bind", "connect", "accept", "setgroups", "setgid", "setuid", "exec"} <= kinds
+    assert any(e.type_name == "exec" and e.cred is not None for e in events)
+    check(events, capture.collector.procs)
