@@ -17,6 +17,7 @@ import time
 from typing import Callable, Iterable
 
 from fimstream.collector import records as R
+from fimstream.collector.enforce_sensor import EnforceSensor
 from fimstream.collector.file_sensor import FileSensor
 from fimstream.collector.net_sensor import NetSensor
 from fimstream.collector.paths import Resolver
@@ -53,9 +54,10 @@ class Collector:
         self.procs = ProcTable()
         self.resolver = Resolver(root_of=self.procs.root_of)
         self.boot_offset_ns = boot_offset_ns()
+        self.enforce = EnforceSensor()  # attaches nothing until a kill rule needs it
         self.sensors: list[Sensor] = [FileSensor(self.resolver), ProcessSensor(self.procs, self.resolver, self.boot_offset_ns),
                                       PrivSensor(self.procs, self.resolver, self.boot_offset_ns),
-                                      NetSensor(self.boot_offset_ns), UringSensor(self.resolver)]
+                                      NetSensor(self.boot_offset_ns), UringSensor(self.resolver), self.enforce]
         self.program: Program | None = None
         self.reader: RingReader | None = None
         self.on_event: Callable = lambda ev: None
