@@ -102,6 +102,16 @@ class Btf:
         except BtfError:
             return False
 
+    def func_id(self, name: str) -> int:
+        """Type id of a kernel function (what a BPF program's attach_btf_id names). A linear scan: functions
+        are not indexed, the lookup is rare (BPF-LSM detection)."""
+        want = name.encode()
+        strings = self._strings
+        for type_id, (kind, _vlen, _kf, name_off, _st, _pos) in enumerate(self._types):
+            if kind == FUNC and strings.startswith(want, name_off) and strings[name_off + len(want)] == 0:
+                return type_id
+        raise BtfError(f"function '{name}' not found in kernel BTF")
+
     def resolve(self, type_id: int) -> int:
         """Strip typedef/const/volatile/restrict/type-tag."""
         for _ in range(64):
