@@ -11,6 +11,9 @@
  *    base directory, like a failed openat(2). A request that will post no CQE when it succeeds
  *    (IOSQE_CQE_SKIP_SUCCESS) is reported at submission. A completion whose submission was not seen
  *    (submitted before the collector started, or its entry evicted) is reported from the fd alone.
+ *  - unlinkat, renameat, mkdirat, symlinkat, linkat: like opens (kept at submission, reported at
+ *    completion), with the caller's strings and their base directories, resolved in userspace like the
+ *    syscalls' (RK_URING_PATH).
  *  - read/write family: reported at submission, because a request with IOSQE_CQE_SKIP_SUCCESS never
  *    posts a completion: the file comes from the fd table (or the registered files) at that moment.
  *    Only regular files; the first read and the first write of each open file (uring_seen, per struct
@@ -28,16 +31,31 @@
 #define S_IFMT_U 0170000
 #define S_IFREG_U 0100000
 
-struct uring_pending {    /* an open between its submission and its completion */
-    u32 sc;
+struct uring_pending {    /* an open (or a path operation) between its submission and its completion */
+    u32 sc;               /* opens: SC_IO_URING_OPENAT(2); path operations: 0 */
     s32 dfd;
     u64 flags;
     u64 mode;
     u64 resolve;
     u32 file_slot;        /* direct descriptor: slot + 1 (IORING_FILE_INDEX_ALLOC: any); 0 = a normal fd */
-    u32 pad;
+    u32 op;               /* IORING_OP_* */
     u64 uptr;             /* the name in the submitter's memory (struct filename.uptr) */
     u64 user_data;
+    u64 uptr2;            /* path operations: the second name (new path, link path) */
+    s32 dfd2;
+    u32 pad;
+};
+
+struct uring_path_body {  /* RK_URING_PATH */
+    u32 op;               /* IORING_OP_UNLINKAT / RENAMEAT / MKDIRAT / SYMLINKAT / LINKAT */
+    s32 dfd;              /* base of the first name */
+    s32 dfd2;             /* base of the second name (symlinkat: of the link) */
+    u32 flags;            /* AT_REMOVEDIR, RENAME_*, AT_SYMLINK_FOLLOW */
+    u32 mode;             /* mkdirat */
+    u32 stage;            /* URS_COMPLETE, URS_SUBMIT */
+    u64 user_data;
+    struct file_info f;   /* unlink, mkdir: the path; rename: source; link: existing file; symlink: the link */
+    struct file_info t;   /* rename: destination; link: the new link; symlink: the target, as written */
 };
 
 struct uring_open_body {  /* RK_URING_OPEN */
@@ -74,6 +92,8 @@ BPF_TABLE("lru_hash", u64, struct uring_pending, uring_pending, 4096);
 BPF_TABLE("lru_hash", u64, struct uring_seen_v, uring_seen, 16384);
 
 #define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
+
+static __always_inline int path_record(struct uring_pending *p, s64 res, u32 stage);
 
 /* A registered file of the request's ring: ctx->file_table.data.nodes[idx]->file_ptr. */
 static __always_inline u64 uring_fixed_file(u64 req, u32 idx)
@@ -148,6 +168,7 @@ static __always_inline int open_submit(u64 req, u8 op, u64 rflags, u64 user_data
     struct uring_pending p = {};
     u64 o = req + O_IO_KIOCB_CMD;
     p.sc = op == IOP_OPENAT2 ? SC_IO_URING_OPENAT2 : SC_IO_URING_OPENAT;
+    p.op = op;
     p.dfd = (s32)rd32(o + O_IO_OPEN_DFD);
     p.file_slot = rd32(o + O_IO_OPEN_FILE_SLOT);
     u64 how[3] = {};
@@ -169,6 +190,8 @@ static __always_inline int open_complete(u64 req, s64 res)
     if (in) {
         __builtin_memcpy(&p, in, sizeof(p));
         uring_pending.delete(&req);
+        if (!p.sc)
+            return path_record(&p, res, URS_COMPLETE);
         return open_record(&p, res, URS_COMPLETE, req);
     }
     u8 op = 0;
@@ -185,6 +208,69 @@ static __always_inline int open_complete(u64 req, s64 res)
     p.dfd = AT_FDCWD_;
     p.file_slot = rd32(req + O_IO_KIOCB_CMD + O_IO_OPEN_FILE_SLOT);
     return open_record(&p, res, URS_NO_SUBMIT, req);
+}
+
+/* -------------------------------------------------------------------------------- path operations */
+static __always_inline int path_record(struct uring_pending *p, s64 res, u32 stage)
+{
+    struct scratch *s = scratch_get();
+    if (!s)
+        return 0;
+    u64 task = bpf_get_current_task();
+    begin(s, task, RK_URING_PATH, sizeof(struct uring_path_body), res);
+    struct uring_path_body *b = BODY(uring_path_body, s);
+    __builtin_memset(b, 0, sizeof(*b));
+    b->op = p->op;
+    b->dfd = p->dfd;
+    b->dfd2 = p->dfd2;
+    b->flags = (u32)p->flags;
+    b->mode = (u32)p->mode;
+    b->stage = stage;
+    b->user_data = p->user_data;
+    if (p->op == IOP_SYMLINKAT) {  /* the target is text, not resolved against anything */
+        slot_user_path(s, &b->f, p->dfd2, p->uptr2);
+        b->t.path_flags = PF_UNRESOLVED;
+        b->t.str_len = append_str(s, p->uptr, 1);
+    } else {
+        slot_user_path(s, &b->f, p->dfd, p->uptr);
+        if (p->uptr2)
+            slot_user_path(s, &b->t, p->dfd2, p->uptr2);
+    }
+    emit(s, RK_URING_PATH);
+    return 0;
+}
+
+static __always_inline int path_submit(u64 req, u8 op, u64 rflags, u64 user_data)
+{
+    struct uring_pending p = {};
+    u64 o = req + O_IO_KIOCB_CMD;
+    p.op = op;
+    p.user_data = user_data;
+    if (op == IOP_UNLINKAT) {
+        p.dfd = (s32)rd32(o + O_IO_UNLINK_DFD);
+        p.flags = rd32(o + O_IO_UNLINK_FLAGS);
+        p.uptr = rd64(rd64(o + O_IO_UNLINK_FILENAME) + O_FILENAME_UPTR);
+    } else if (op == IOP_MKDIRAT) {
+        p.dfd = (s32)rd32(o + O_IO_MKDIR_DFD);
+        u16 mode = 0;
+        bpf_probe_read_kernel(&mode, 2, (void *)(o + O_IO_MKDIR_MODE));
+        p.mode = mode;
+        p.uptr = rd64(rd64(o + O_IO_MKDIR_FILENAME) + O_FILENAME_UPTR);
+    } else {              /* renameat (io_rename), symlinkat and linkat (io_link): same members */
+        u32 od = op == IOP_RENAMEAT ? O_IO_RENAME_OLD_DFD : O_IO_LINK_OLD_DFD;
+        u32 nd = op == IOP_RENAMEAT ? O_IO_RENAME_NEW_DFD : O_IO_LINK_NEW_DFD;
+        u32 op1 = op == IOP_RENAMEAT ? O_IO_RENAME_OLDPATH : O_IO_LINK_OLDPATH;
+        u32 op2 = op == IOP_RENAMEAT ? O_IO_RENAME_NEWPATH : O_IO_LINK_NEWPATH;
+        u32 fl = op == IOP_RENAMEAT ? O_IO_RENAME_FLAGS : O_IO_LINK_FLAGS;
+        p.dfd = (s32)rd32(o + od);
+        p.dfd2 = (s32)rd32(o + nd);
+        p.flags = rd32(o + fl);
+        p.uptr = rd64(rd64(o + op1) + O_FILENAME_UPTR);
+        p.uptr2 = rd64(rd64(o + op2) + O_FILENAME_UPTR);
+    }
+    if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_)) && uring_pending.update(&req, &p) == 0)
+        return 0;
+    return path_record(&p, 0, URS_SUBMIT);
 }
 
 /* ----------------------------------------------------------------------------------- read, write */
@@ -259,6 +345,14 @@ TP(io_uring, io_uring_submit_req)
         return rw_submit(req, op, URING_WRITE, args->flags, args->user_data);
     if (op == IOP_CLOSE)
         return close_submit(req, args->flags);
+    if (op == IOP_UNLINKAT || op == IOP_RENAMEAT || op == IOP_MKDIRAT || op == IOP_SYMLINKAT || op == IOP_LINKAT) {
+        tally(RK_URING_PATH, C_SEEN);
+        if (ignored(bpf_get_current_pid_tgid() >> 32)) {
+            tally(RK_URING_PATH, C_FILTERED);
+            return 0;
+        }
+        return path_submit(req, op, args->flags, args->user_data);
+    }
     return 0;
 }
 

@@ -28,7 +28,7 @@ FILE_KIND_NAMES = {RK_CREATE: "create", RK_RMDIR: "rmdir", RK_WRITE: "write", RK
 # network, privilege and io_uring sensors: a block of their own (22..31 stay free for file kinds)
 RK_CONNECT, RK_ACCEPT, RK_BIND = 32, 33, 34
 RK_SETUID, RK_SETGID, RK_SETGROUPS, RK_CAPSET, RK_UNSHARE, RK_SETNS, RK_CHROOT = range(35, 42)
-RK_URING_OPEN, RK_URING_RW = 42, 43
+RK_URING_OPEN, RK_URING_RW, RK_URING_PATH = 42, 43, 44
 RK_ENFORCE = 60  # enforcement sensor: a kill the kernel carried out (enforce_sensor.c)
 NKINDS = 64  # the counters map holds NKINDS rows: room for more kinds without resizing it
 KIND_NAMES = {RK_OPEN: "open", RK_UNLINK: "unlink", RK_RENAME: "rename", RK_CHMOD: "chmod",
@@ -36,7 +36,7 @@ KIND_NAMES = {RK_OPEN: "open", RK_UNLINK: "unlink", RK_RENAME: "rename", RK_CHMO
               RK_CONNECT: "connect", RK_ACCEPT: "accept", RK_BIND: "bind",
               RK_SETUID: "setuid", RK_SETGID: "setgid", RK_SETGROUPS: "setgroups", RK_CAPSET: "capset",
               RK_UNSHARE: "unshare", RK_SETNS: "setns", RK_CHROOT: "chroot",
-              RK_URING_OPEN: "uring_open", RK_URING_RW: "uring_rw", RK_ENFORCE: "enforce",
+              RK_URING_OPEN: "uring_open", RK_URING_RW: "uring_rw", RK_URING_PATH: "uring_path", RK_ENFORCE: "enforce",
               **FILE_KIND_NAMES}
 assert max(KIND_NAMES) < NKINDS
 

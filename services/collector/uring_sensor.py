@@ -6,6 +6,9 @@ would give as a syscall, with `syscall` saying it came through io_uring:
     io_uring:read, readv, read_fixed, readv_fixed, read_multishot
                                           open (the first read of an open file whose io_uring open was not
                                           seen: an fd opened before, passed in, or opened by a syscall)
+    io_uring:unlinkat, renameat, mkdirat, symlinkat, linkat
+                                          unlink/rmdir, rename, mkdir, symlink, link: the same files as the
+                                          syscalls' events (strings resolved in userspace, identity by stat)
 
 attrs: "fd" or "fixed_index" (a registered file), "direct_slot" (an open into the registered files),
 "uring": "submission" when the result was never observed (IOSQE_CQE_SKIP_SUCCESS: no CQE on success;
@@ -19,7 +22,7 @@ import struct
 
 from fimstream.collector import records as R
 from fimstream.collector.btf import BtfError
-from fimstream.collector.event import TYPE_INDEX, Event, KernelFile
+from fimstream.collector.event import TYPE_INDEX, Event, FileRef, KernelFile
 from fimstream.collector.file_sensor import FMODE_CREATED, O_NOFOLLOW, SlotReader, stat_into
 from fimstream.collector.offsets import Need
 from fimstream.collector.paths import Resolver
@@ -28,11 +31,14 @@ from fimstream.collector.sensor import Sensor
 URING_OPEN_BODY = struct.Struct("<IiQQQIIQII")  # sc, dfd, flags, mode, resolve, fmode, file_slot, user_data,
 #                                                stage, pad; then file_info
 URING_RW_BODY = struct.Struct("<IiIIQ")  # op, fd, fixed, f_flags, user_data; then file_info
+URING_PATH_BODY = struct.Struct("<IiiIIIQ")  # op, dfd, dfd2, flags, mode, stage, user_data; then file_info f, t
 URS_COMPLETE, URS_SUBMIT, URS_NO_SUBMIT = 0, 1, 2
 STAGES = {URS_SUBMIT: "submission", URS_NO_SUBMIT: "completion-only"}
 RW_OPS = ("READV", "WRITEV", "READ_FIXED", "WRITE_FIXED", "READ", "WRITE", "READ_MULTISHOT", "READV_FIXED",
           "WRITEV_FIXED")
+PATH_OPS = ("UNLINKAT", "RENAMEAT", "MKDIRAT", "SYMLINKAT", "LINKAT")
 T_OPEN, T_CREATE, T_WRITE = TYPE_INDEX["open"], TYPE_INDEX["create"], TYPE_INDEX["write"]
+AT_REMOVEDIR, AT_SYMLINK_FOLLOW, RENAME_EXCHANGE = 0x200, 0x400, 2
 _HDR = R.HEADER.unpack_from
 _BODY = R.HEADER_SIZE
 _FI_SIZE = R.FILE_INFO.size
@@ -54,6 +60,14 @@ class UringSensor(Sensor):
         "O_IO_CLOSE_FD": Need(("io_close", "fd"), 4),
         "O_IO_CLOSE_FILE_SLOT": Need(("io_close", "file_slot"), 4),
         "O_FILENAME_UPTR": Need(("filename", "uptr"), 8),
+        "O_IO_UNLINK_DFD": Need(("io_unlink", "dfd"), 4),
+        "O_IO_UNLINK_FLAGS": Need(("io_unlink", "flags"), 4),
+        "O_IO_UNLINK_FILENAME": Need(("io_unlink", "filename"), 8),
+        "O_IO_MKDIR_DFD": Need(("io_mkdir", "dfd"), 4),
+        "O_IO_MKDIR_MODE": Need(("io_mkdir", "mode"), 2),
+        "O_IO_MKDIR_FILENAME": Need(("io_mkdir", "filename"), 8),
+        **{f"O_IO_{s.upper()}_{m.upper()}": Need((f"io_{s}", m), size) for s in ("rename", "link")
+           for m, size in (("old_dfd", 4), ("new_dfd", 4), ("oldpath", 8), ("newpath", 8), ("flags", 4))},
         "O_CTX_FILES_NR": Need(("io_ring_ctx", "file_table", "data", "nr"), 4),
         "O_CTX_FILES_NODES": Need(("io_ring_ctx", "file_table", "data", "nodes"), 8),
         "O_RSRC_NODE_FILE_PTR": Need(("io_rsrc_node", "file_ptr"), 8),
@@ -65,12 +79,13 @@ class UringSensor(Sensor):
         super().__init__()
         self.slots = SlotReader(resolver)
         self.op_names: dict[int, str] = {}
-        self.decoders = {R.RK_URING_OPEN: self.decode_open, R.RK_URING_RW: self.decode_rw}
+        self.decoders = {R.RK_URING_OPEN: self.decode_open, R.RK_URING_RW: self.decode_rw,
+                         R.RK_URING_PATH: self.decode_path}
 
     def constants(self, btf) -> dict[str, int]:
         """Opcodes (enum io_uring_op; -1 for those this kernel lacks) and the request flag bits."""
         out = {}
-        for op in ("OPENAT", "OPENAT2", "CLOSE") + RW_OPS:
+        for op in ("OPENAT", "OPENAT2", "CLOSE") + RW_OPS + PATH_OPS:
             try:
                 out[f"IOP_{op}"] = value = btf.enum_value("io_uring_op", f"IORING_OP_{op}")
                 self.op_names[value] = op.lower()
@@ -116,4 +131,39 @@ class UringSensor(Sensor):
         ev.file = KernelFile(bytes(data[fi:fi + _FI_SIZE + path_len]))
         ev.flags = f_flags
         ev.attrs = {"fixed_index" if fixed else "fd": str(fd)}
+        return ev
+
+    def decode_path(self, data, off: int, length: int) -> Event:
+        hdr = _HDR(data, off)
+        body = off + _BODY
+        op, _, _, flags, mode, stage, _ = URING_PATH_BODY.unpack_from(data, body)
+        name = self.op_names.get(op, str(op))
+        etype = {"unlinkat": "rmdir" if flags & AT_REMOVEDIR else "unlink", "renameat": "rename",
+                 "mkdirat": "mkdir", "symlinkat": "symlink", "linkat": "link"}.get(name, "unknown")
+        ev = Event(R.RK_URING_PATH, TYPE_INDEX[etype], f"io_uring:{name}", hdr,
+                   bytes(data[off + R.SIG_START:off + R.SIG_END]))
+        f_fi = body + URING_PATH_BODY.size
+        t_fi = f_fi + _FI_SIZE
+        pid, ok = hdr[7], ev.retval == 0 and stage == URS_COMPLETE
+        ev.file, f_root, var = self.slots.slot(data, f_fi, t_fi + _FI_SIZE, pid,
+                                               etype == "link" and bool(flags & AT_SYMLINK_FOLLOW))
+        if etype == "symlink":  # the target as written: text, never resolved
+            _, _, _, _, _, _, _, str_len, _ = R.FILE_INFO.unpack_from(data, t_fi)
+            ev.target = FileRef(bytes(data[var:var + str_len]))
+        elif etype in ("rename", "link"):
+            ev.target, t_root, _ = self.slots.slot(data, t_fi, var, pid, False)
+            if ok and not (etype == "rename" and flags & RENAME_EXCHANGE):
+                if stat_into(ev.target, t_root, False):  # the inode now (also) lives at the destination
+                    f = ev.file
+                    f.dev, f.ino, f.nlink, f.mode, f.uid, f.gid = (ev.target.dev, ev.target.ino, ev.target.nlink,
+                                                                 ev.target.mode, ev.target.uid, ev.target.gid)
+            else:
+                stat_into(ev.file, f_root, False)
+                stat_into(ev.target, t_root, False)
+        if etype in ("mkdir", "symlink") and (ok or ev.retval < 0 and ev.retval != -errno.ENOENT) \
+                or etype in ("unlink", "rmdir") and not ok:
+            stat_into(ev.file, f_root, False)
+        ev.flags, ev.mode = flags, mode
+        if stage in STAGES:
+            ev.attrs = {"uring": STAGES[stage]}
         return ev

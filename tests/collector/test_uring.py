@@ -125,6 +125,34 @@ def test_a_request_that_skips_its_completion_is_reported_at_submission(capture, 
     assert ev.file.ino == os.stat(f).st_ino
 
 
+def test_path_operations(capture, uring_ops, tmp_path):
+    d = tmp_path.resolve()
+    (d / "a").write_bytes(b"x")
+    (d / "e").write_bytes(b"")
+    ino = os.stat(d / "a").st_ino
+    results, events = run(capture, uring_ops, f"mkdirat,{d}/d,0750", f"renameat,{d}/a,{d}/d/b",
+                          f"linkat,{d}/d/b,{d}/c", f"symlinkat,../c,{d}/d/s", f"unlinkat,{d}/e", f"unlinkat,{d}/nope",
+                          f"unlinkat,{d}/d,0x200")
+    assert results == [0, 0, 0, 0, 0, -errno.ENOENT, -errno.ENOTEMPTY]
+    b = lambda p: os.fsencode(d / p)  # noqa: E731
+    got = [(e.type_name, e.syscall, e.retval, e.file.path, e.target.path if e.target else None) for e in uring(events)]
+    assert got == [
+        ("mkdir", "io_uring:mkdirat", 0, b("d"), None),
+        ("rename", "io_uring:renameat", 0, b("a"), b("d/b")),
+        ("link", "io_uring:linkat", 0, b("d/b"), b("c")),
+        ("symlink", "io_uring:symlinkat", 0, b("d/s"), b"../c"),  # the target as written
+        ("unlink", "io_uring:unlinkat", 0, b("e"), None),
+        ("unlink", "io_uring:unlinkat", -errno.ENOENT, b("nope"), None),
+        ("rmdir", "io_uring:unlinkat", -errno.ENOTEMPTY, b("d"), None),
+    ]
+    mkdir, rename, link, symlink, unlink, _, rmdir = uring(events)
+    assert mkdir.mode == 0o750 and mkdir.file.ino == os.stat(d / "d").st_ino
+    assert rename.file.ino == rename.target.ino == ino  # the moved inode, read at its destination
+    assert link.file.ino == link.target.ino == ino and link.target.nlink == 2
+    assert symlink.file.ino == os.lstat(d / "d/s").st_ino
+    assert rmdir.flags == 0x200 and rmdir.file.ino == os.stat(d / "d").st_ino  # refused: it still exists
+
+
 @pytest.mark.parametrize("mode", ["URING_SQPOLL", "URING_ASYNC"])
 def test_sqpoll_thread_and_io_wq_workers(capture, uring_ops, tmp_path, mode):
     """Submitted by the kernel's SQ polling thread (no syscall at all), or run by io-wq worker threads:

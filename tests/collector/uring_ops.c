@@ -8,6 +8,8 @@
  *     read,FD | write,FD                      IORING_OP_READ / IORING_OP_WRITE of 5 bytes at offset 0
  *     readfix,IDX | writefix,IDX              the same on registered file IDX (IOSQE_FIXED_FILE)
  *     close,FD                                IORING_OP_CLOSE
+ *     unlinkat,PATH[,FLAGS] | mkdirat,PATH,MODE | renameat,OLD,NEW[,FLAGS] | linkat,OLD,NEW[,FLAGS]
+ *     symlinkat,TARGET,LINKPATH               the path operations (AT_FDCWD)
  *     sparse,N                                register N empty fixed-file slots
  *   FD may be $K: the result of step K (counted from 0).
  * Environment: URING_SQPOLL=1 submits through a kernel SQ polling thread (no syscall per request),
@@ -149,6 +151,25 @@ int main(int argc, char **argv)
             sqe.addr = (uint64_t)(uintptr_t)buf;
             sqe.len = 5;
             sqe.off = 0;
+        } else if (!strcmp(op, "unlinkat") || !strcmp(op, "mkdirat")) {
+            sqe.opcode = op[0] == 'u' ? IORING_OP_UNLINKAT : IORING_OP_MKDIRAT;
+            sqe.fd = AT_FDCWD;
+            sqe.addr = (uint64_t)(uintptr_t)a[0];
+            if (op[0] == 'u')
+                sqe.unlink_flags = a[1] ? strtol(a[1], 0, 0) : 0;
+            else
+                sqe.len = strtol(a[1], 0, 0);
+        } else if (!strcmp(op, "renameat") || !strcmp(op, "linkat") || !strcmp(op, "symlinkat")) {
+            sqe.opcode = op[0] == 'r' ? IORING_OP_RENAMEAT : op[0] == 'l' ? IORING_OP_LINKAT : IORING_OP_SYMLINKAT;
+            sqe.fd = AT_FDCWD;
+            sqe.addr = (uint64_t)(uintptr_t)a[0];
+            sqe.addr2 = (uint64_t)(uintptr_t)a[1];
+            if (op[0] != 's')
+                sqe.len = AT_FDCWD;  /* the new path's dirfd */
+            if (op[0] == 'r')
+                sqe.rename_flags = a[2] ? strtol(a[2], 0, 0) : 0;
+            else if (op[0] == 'l')
+                sqe.hardlink_flags = a[2] ? strtol(a[2], 0, 0) : 0;
         } else if (!strcmp(op, "close")) {
             sqe.opcode = IORING_OP_CLOSE;
             sqe.fd = fd_arg(a[0]);
