@@ -286,7 +286,35 @@ ALERTS = Table(
              "merges; read with FINAL or SETTINGS final=1 for exact results (docs/store.md)."),
 )
 
-TABLES = (EVENTS, ALERTS)
+class _StatsParts:
+    """One row per (stats record, event type): the record's own fields repeated on each type's row."""
+
+    def __init__(self, records: Sequence[dict], trace_ids: Sequence[str]):
+        self.top, self.counters = [], []
+        for r in records:
+            for c in r["counters"] or [_NO_COUNTERS]:  # a record without types still carries its loss counts
+                self.top.append(r)
+                self.counters.append(c)
+
+
+_NO_COUNTERS = {"event_type": "", "seen": 0, "approved": 0, "discarded": 0, "filtered": 0, "emitted": 0, "lost": 0}
+
+STATS = Table(
+    "collector_stats",
+    (_col("time", TIME, "top", "time_ns"), _col("host", LC, "top"), _col("collector_id", LC, "top"),
+     _col("interval_ns", "Int64", "top"), _col("event_type", LC, "counters"),
+     *(_col(k, "Int64", "counters") for k in ("seen", "approved", "discarded", "filtered", "emitted", "lost")),
+     *(_col(k, "Int64", "top") for k in ("ringbuf_lost", "userspace_dropped", "kafka_backpressure_ns", "published"))),
+    _StatsParts,
+    engine_key="host, collector_id, event_type, time",
+    primary_key="host, collector_id, event_type",
+    extra="`inserted_at` DateTime64(3, 'UTC') DEFAULT now64(3)",
+    comment=("fimstream collector counters (schemas/collector_stats.avsc), one row per collector, interval and "
+             "event type: seen = discarded + filtered + emitted + lost in the kernel. The in-kernel filter "
+             "ratio is 1 - sum(emitted) / sum(seen)."),
+)
+
+TABLES = (EVENTS, ALERTS, STATS)
 
 
 def _quote(s: str) -> str:

@@ -33,7 +33,6 @@ from fimstream.health import Health
 from fimstream.schemas.codec import CodecError
 
 log = logging.getLogger("fimstream.sink")
-GROUP = "fimstream-sink"
 
 
 @dataclass
@@ -69,6 +68,7 @@ class SinkStats:
     messages: int = 0
     rows_events: int = 0
     rows_alerts: int = 0
+    rows_stats: int = 0
     batches: int = 0
     insert_ms_last: float = 0.0
     insert_ms_max: float = 0.0
@@ -163,7 +163,8 @@ class Sink:
         self.writer = StoreWriter(settings, ttl_days)
         self.codecs, self.schemas = kafka.codecs_with_schema_topic(settings)
         self.codec_of = {settings.topics.enriched: (self.codecs.enriched, store.EVENTS),
-                         settings.topics.alerts: (self.codecs.alert, store.ALERTS)}
+                         settings.topics.alerts: (self.codecs.alert, store.ALERTS),
+                         settings.topics.stats: (self.codecs.stats, store.STATS)}
         self.pending = Batch()
         self.inflight: asyncio.Task | None = None
         self.inflight_rows = 0
@@ -251,8 +252,10 @@ class Sink:
         for table, data in tables:
             if table is store.EVENTS:
                 self.stats.rows_events += data.num_rows
-            else:
+            elif table is store.ALERTS:
                 self.stats.rows_alerts += data.num_rows
+            else:
+                self.stats.rows_stats += data.num_rows
         self.stats.batches += 1
         await self._commit(batch)
 
@@ -313,8 +316,8 @@ class Sink:
 
     def counters(self) -> dict:
         s = self.stats
-        return {"messages": s.messages, "rows_inserted": s.rows_events + s.rows_alerts, "rows_events": s.rows_events,
-                "rows_alerts": s.rows_alerts, "batches": s.batches, "insert_ms_last": round(s.insert_ms_last, 1),
+        return {"messages": s.messages, "rows_inserted": s.rows_events + s.rows_alerts + s.rows_stats,
+                "rows_events": s.rows_events, "rows_alerts": s.rows_alerts, "rows_stats": s.rows_stats, "batches": s.batches, "insert_ms_last": round(s.insert_ms_last, 1),
                 "insert_ms_max": round(s.insert_ms_max, 1),
                 "insert_ms_avg": round(s.insert_ms_total / s.batches, 1) if s.batches else 0.0,
                 "insert_retries": s.insert_retries, "store_failing": s.insert_failures_now,
@@ -391,11 +394,12 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, batch_
         await producer.start()
         sink.sender = kafka.Sender(producer)
         sink.dead = kafka.DeadLetters(sink.sender, settings.topics.deadletter, "sink")
-        consumer = kafka.make_consumer(settings, settings.topics.enriched, settings.topics.alerts, group_id=GROUP)
+        consumer = kafka.make_consumer(settings, settings.topics.enriched, settings.topics.alerts,
+                                       settings.topics.stats, group_id=settings.group("sink"))
         await consumer.start()
         sink.consumer = consumer
         health.add_source(sink.counters)
-        health.info.update(store=store.redact_url(settings.store_url), group=GROUP)
+        health.info.update(store=store.redact_url(settings.store_url), group=settings.group("sink"))
         health.status = "running"
         log.info("sink running: %s, %s -> %s", settings.topics.enriched, settings.topics.alerts,
                  store.redact_url(settings.store_url))

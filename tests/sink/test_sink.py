@@ -15,7 +15,7 @@ from fimstream.detector.alerts import make_alert
 from fimstream.events import enriched_event
 from fimstream.schemas.codec import Codecs, id_hex
 from fimstream.sink.endpoint import QueryEndpoint
-from fimstream.sink.service import GROUP
+
 from tests.stages.helpers import consume, produce, running_stage
 
 codecs = Codecs()
@@ -117,7 +117,7 @@ def test_events_and_alerts_land_with_their_columns_and_bytes(sink_settings):
 
 async def _rewind_group(settings):
     """Commit offset 0 for the sink's group: the state a sink leaves when it stops between insert and commit."""
-    consumer = kafka.make_consumer(settings, group_id=GROUP)
+    consumer = kafka.make_consumer(settings, group_id=settings.group("sink"))
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in (settings.topics.enriched, settings.topics.alerts)
@@ -302,3 +302,27 @@ def test_a_taken_query_port_fails_the_stage_and_releases_the_engine(sink_setting
     # every handle was closed: this process may open another data path (chDB allows one at a time)
     client = store.open_client(f"chdb://{settings.state_dir / 'another'}")
     client.close()
+
+
+def test_collector_stats_land_one_row_per_event_type(sink_settings):
+    """The collector's periodic counters become rows, so the in-kernel filter ratio is a SQL query."""
+    import time as _time
+    record = {"time_ns": _time.time_ns(), "host": "node-1", "collector_id": "c1", "interval_ns": 10_000_000_000,
+              "counters": [{"event_type": "open", "seen": 1000, "approved": 40, "discarded": 900, "filtered": 50,
+                            "emitted": 48, "lost": 2},
+                           {"event_type": "exec", "seen": 10, "approved": 10, "discarded": 0, "filtered": 0,
+                            "emitted": 10, "lost": 0}],
+              "ringbuf_lost": 2, "userspace_dropped": 0, "kafka_backpressure_ns": 0, "published": 58}
+
+    async def main():
+        await kafka.ensure_topics(sink_settings)
+        await produce(sink_settings, sink_settings.topics.stats, [codecs.stats.encode_batch([record])])
+        async with running_stage("sink", sink_settings) as health:
+            await _endpoint_ready(sink_settings)
+            await _wait_for(lambda: asyncio.sleep(0, _counters(health).get("rows_stats", 0) >= 2), what="stats rows")
+            rows = await _query(sink_settings, "SELECT event_type, seen, discarded + filtered + emitted + lost, "
+                                               "ringbuf_lost FROM collector_stats ORDER BY event_type")
+            [[ratio]] = await _query(sink_settings, "SELECT round(1 - sum(emitted) / sum(seen), 4) FROM collector_stats")
+        assert rows == [("exec", 10, 10, 2), ("open", 1000, 1000, 2)]
+        assert ratio == round(1 - 58 / 1010, 4)
+    asyncio.run(main())
