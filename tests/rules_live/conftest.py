@@ -70,3 +70,17 @@ def scratch(tmp_path):
     d = tmp_path / "ns"
     d.mkdir()
     return str(d)
+
+
+@pytest.fixture(scope="session")
+def uring_ops(tools):
+    """tests/collector's raw-syscall io_uring driver (file operations that reach no syscall tracepoint)."""
+    import subprocess
+    from pathlib import Path
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the io_uring driver")
+    exe = os.path.join(tools, "uring_ops")
+    src = Path(__file__).parent.parent / "collector" / "uring_ops.c"
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", exe, str(src)], check=True, capture_output=True)
+    return exe

@@ -36,6 +36,13 @@ def test_shadow_read(live):
     assert_fires(out, "cred_shadow_read", "/etc/shadow")
 
 
+@fires("cred_shadow_read")
+def test_shadow_read_through_io_uring(live, uring_ops):
+    out = live.trigger(run(uring_ops, "openat,/etc/shadow,0", "read,$0"))  # no open(2) at all
+    hits = assert_fires(out, "cred_shadow_read", "/etc/shadow")
+    assert hits[0]["event"]["syscall"] == "io_uring:openat"
+
+
 @quiet("cred_shadow_read")
 def test_chage_reading_shadow_is_quiet(live):
     out = live.trigger(run("/usr/bin/chage", "-l", "root"))
@@ -47,6 +54,13 @@ def test_chage_reading_shadow_is_quiet(live):
 def test_passwd_opened_for_writing(live):
     out = live.trigger(in_child(lambda: write_open("/etc/passwd")))
     assert_fires(out, "cred_account_db_modified", "/etc/passwd")
+
+
+@fires("cred_account_db_modified")
+def test_passwd_opened_for_writing_through_io_uring(live, uring_ops):
+    out = live.trigger(run(uring_ops, f"openat,/etc/passwd,{os.O_WRONLY | os.O_APPEND}"))
+    hits = assert_fires(out, "cred_account_db_modified", "/etc/passwd")
+    assert hits[0]["event"]["syscall"] == "io_uring:openat"
 
 
 @fires("cred_account_db_modified")
