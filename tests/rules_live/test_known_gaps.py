@@ -1,6 +1,6 @@
-"""Real actions the default pack means to catch but cannot, because the collector does not report what the
-rules would need. Strict xfails: each names what the collector must add, and fails (XPASS) once it does, so
-the rule can be extended and the test turned into a regular live test."""
+"""Real actions the default pack means to catch but cannot, because the pipeline does not give the rules
+what they would need. Strict xfails: each names what must be added (and where), and fails (XPASS) once it
+is, so the test can become a regular live test."""
 from __future__ import annotations
 
 import ctypes
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .harness import assert_fires, in_child, libc, remove, unique
+from .harness import MS_BIND, Namespace, assert_fires, in_child, libc, mount, remove, unique
 
 SYS_FINIT_MODULE = 313  # x86_64
 
@@ -52,3 +52,24 @@ def test_module_loaded_by_finit_module(live, tmp_path):
         assert libc.syscall(ctypes.c_long(SYS_FINIT_MODULE), fd, b"", 0) == -1
     out = live.trigger(in_child(load))
     assert_fires(out, "kernel_module_loaded")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the kernel passes an alias of a watched exact path (a bind mount or hard link of /etc/shadow: the "
+    "policy's inode approvers, resolved at load), but Detection compares paths only, and the event's path "
+    "is the alias's. Exact-path list items need the same (dev, ino) identity in the detector (resolved at "
+    "load and on reload, like RuleSet.kernel_policy does) for cred_shadow_read and every exact-path rule"))
+def test_shadow_read_through_a_bind_mount(live, tmp_path, scratch):
+    alias = str(tmp_path / "alias")
+    open(alias, "w").close()
+
+    def go():
+        Namespace(scratch).enter()
+        mount("/etc/shadow", alias, None, MS_BIND)
+        with open(alias, "rb") as f:
+            f.read(1)
+    out = live.trigger(in_child(go))
+    st = os.stat("/etc/shadow")
+    assert any(e["event_type"] == "open" and (e["file"]["dev"], e["file"]["ino"]) == (st.st_dev, st.st_ino)
+               for e in out.events), f"the kernel did not pass the read\n{out.describe()}"
+    assert_fires(out, "cred_shadow_read")
