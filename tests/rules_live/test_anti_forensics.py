@@ -81,6 +81,41 @@ def test_log_deleted(live, logdir):
     assert_fires(out, "log_deleted", log)
 
 
+@fires("log_deleted")
+@pytest.mark.parametrize("via", ["symlinked_dir", "dotdot"])
+def test_log_deleted_through_an_indirect_path(live, logdir, tmp_path, via):
+    # the unlink's path string does not start with /var/log: the kernel filter must not judge it lexically
+    (log,) = _logs(logdir, 1)
+    if via == "symlinked_dir":
+        os.symlink(logdir, tmp_path / "logs")  # made just before: no start-up symlink scan knows it
+        indirect = f"{tmp_path}/logs/{os.path.basename(log)}"
+    else:
+        indirect = f"/var/tmp/../log/{os.path.basename(logdir)}/{os.path.basename(log)}"
+    out = live.trigger(in_child(lambda: os.unlink(indirect)))
+    assert not os.path.exists(log)
+    assert_fires(out, "log_deleted", log)
+
+
+@fires("log_deleted")
+def test_log_deleted_relative_to_its_directory(live, logdir):
+    (log,) = _logs(logdir, 1)
+
+    def go():
+        os.chdir(logdir)
+        os.unlink(os.path.basename(log))
+    out = live.trigger(in_child(go))
+    assert_fires(out, "log_deleted", log)
+
+
+@fires("log_deleted")
+def test_log_deleted_through_io_uring(live, logdir, uring_ops):
+    (log,) = _logs(logdir, 1)
+    out = live.trigger(run(uring_ops, f"unlinkat,{log}"))  # no unlink(2) at all
+    assert not os.path.exists(log)
+    hits = assert_fires(out, "log_deleted", log)
+    assert hits[0]["event"]["syscall"].startswith("io_uring:")
+
+
 @quiet("log_deleted")
 @quiet("mass_log_deletion")
 def test_log_rotation_deleting_many_logs_is_quiet(live, logdir, tools):

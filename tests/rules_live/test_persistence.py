@@ -44,6 +44,19 @@ def test_cron_table_dropped(live):
 
 
 @fires("cron_modified")
+def test_cron_table_staged_then_moved_into_place(live):
+    staged = f"/tmp/{unique()}"
+    path = f"/etc/cron.d/{unique()}"
+    create(staged, b"# empty\n")
+    try:
+        out = live.trigger(in_child(lambda: os.rename(staged, path)))
+    finally:
+        remove(staged)
+        remove(path)
+    assert_fires(out, "cron_modified", path)
+
+
+@fires("cron_modified")
 def test_cron_table_made_executable(live):
     path = f"/etc/cron.d/{unique()}"
     create(path)
@@ -125,6 +138,14 @@ def test_update_rc_d_is_quiet(live, tools):
 def test_startup_file_opened_for_writing(live, path):
     out = live.trigger(in_child(lambda: write_open(path)))
     assert_fires(out, "shell_startup_modified", path)
+
+
+@fires("shell_startup_modified")
+def test_profile_opened_for_writing_through_a_symlink(live, tmp_path):
+    link = tmp_path / "innocent"
+    os.symlink("/etc/profile", link)  # the event's path is the file's true path, whatever name was used
+    out = live.trigger(in_child(lambda: write_open(str(link))))
+    assert_fires(out, "shell_startup_modified", "/etc/profile")
 
 
 @fires("shell_startup_modified")
