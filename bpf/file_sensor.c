@@ -1,15 +1,20 @@
-/* File sensor: open/create, unlink/rmdir, rename, chmod, chown on syscall tracepoints.
+/* File sensor: open/create, unlink/rmdir, rename, chmod, chown, the first write of each open, truncate,
+ * link, symlink, mkdir, mknod, setxattr, shared writable mmap, memfd_create, mount/umount/move_mount, on
+ * syscall tracepoints, filtered in the kernel by the rules (filter.h) before a record is built.
  *
- * Arguments are saved at sys_enter (stash) and the record is built at sys_exit, where the result is
- * known: a successful open is resolved from the returned fd (task->files->fdt->fd[ret]->f_path), so
- * its path is the kernel's true path whatever string, dirfd, symlink or mount the caller used. Calls
- * that take a path but return no fd carry the caller's string (read at sys_exit, as Falco does) plus
- * the true path of the directory it is relative to; userspace canonicalises them (paths.py).
+ * Arguments are saved at sys_enter (fstash) and the event is judged and built at sys_exit, where the
+ * result is known: a successful open is resolved from the returned fd (task->files->fdt->fd[ret]->f_path),
+ * so its path is the kernel's true path whatever string, dirfd, symlink or mount the caller used. Calls
+ * that take a path but return no fd carry the caller's string (read at sys_exit, as Falco does) plus the
+ * true path of the directory it is relative to; userspace canonicalises them (paths.py). `seen` is counted
+ * at sys_exit with the exact event type (an open that created its file is a create).
  *
- * Phase 2 filters go between unstash() and begin(): inode/basename approvers and the parent-directory
- * discarder need only the dentry; the LPM prefix approver runs on s->path after walk().
+ * Writes: only the first write to a file per open is an event (`written`: struct file * -> policy
+ * generation, forgotten when a new open reuses the pointer), judged and recorded at sys_enter.
  */
 #include "fimstream.h"
+
+typedef int rwf_t;        /* pwritev2's tracepoint args name it; the installed headers do not define it */
 
 struct open_body {        /* RK_OPEN */
     u32 sc;
@@ -59,28 +64,110 @@ struct chown_body {       /* RK_CHOWN */
 
 #define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
 
+struct fileop_body {      /* RK_WRITE, RK_TRUNCATE, RK_MKDIR, RK_MKNOD, RK_SETXATTR, RK_MMAP, RK_MEMFD_CREATE, RK_UMOUNT */
+    u32 sc;
+    s32 dfd;
+    u64 flags;            /* mmap: prot | flags << 32; write: the file's f_flags */
+    u64 mode;             /* mkdir/mknod mode */
+    u64 aux;              /* truncate length, mknod dev, mmap length, setxattr size */
+    u16 extra_len;        /* extra string after the slot's bytes: xattr name, memfd name */
+    u16 pad;
+    u32 pad2;
+    struct file_info f;
+};
+
+struct fileop2_body {     /* RK_LINK, RK_SYMLINK, RK_MOUNT (mount, move_mount) */
+    u32 sc;
+    s32 dfd;
+    s32 dfd2;
+    u16 extra_len;        /* fs type of a mount, after both slots' bytes */
+    u16 pad;
+    u64 flags;
+    u64 aux;
+    struct file_info src; /* link: the existing file; symlink: the link created; mount: the source */
+    struct file_info dst; /* link: the new link; symlink: the link text as written; mount: the mount point */
+};
+
+#define S_IFMT_ 0170000
+#define S_IFREG_ 0100000
+#define S_IFBLK_ 0060000
+#define MS_BIND_ 4096
+#define MS_MOVE_ 8192
+
+/* Hazard bookkeeping after a successful symlink, link, rename or mount runs in a tail call: a program of
+ * its own for the verifier (two lexical paths, lookups and a loop over the path on top of the event's
+ * own filtering would exceed its budget). The event's arguments travel in fstate. */
+#define TAIL(name) int tail__##name(void *ctx)
+#define T_HAZARD 0
+BPF_PROG_ARRAY(file_tails, 4);
+
+static __always_inline void hazards_after(void *ctx, struct fstate *f, struct inflight *in, u32 kind)
+{
+    __builtin_memcpy(&f->in, in, sizeof(*in));
+    f->kind = kind;
+    file_tails.call(ctx, T_HAZARD);
+}
+
+TAIL(hazard)
+{
+    struct scratch *s = scratch_get();
+    struct fstate *f = fstate_get();
+    if (!s || !f)
+        return 0;
+    u64 task = bpf_get_current_task();
+    u32 kind = f->kind;
+    struct inflight in;
+    __builtin_memcpy(&in, &f->in, sizeof(in));
+    filter_begin(f);
+    if (kind == RK_SYMLINK) {                         /* the new link: a path through it may lead anywhere */
+        if (key_string(s, f, kind, SLOT_FILE, in.a[0], in.a[1], task, 0) >= 0) {
+            hazard_add(f, task);
+        } else {
+            u32 i = PS_HAZARDS_FULL;                  /* a symlink we cannot place: trust no path string */
+            u64 one = 1;
+            pstate.update(&i, &one);
+        }
+    } else if (kind == RK_MOUNT) {                    /* a new mount point: what lies below changed */
+        if (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
+            hazard_add(f, task);
+    } else {                                          /* rename, link: a symlink reached under a new name */
+        if (key_string(s, f, kind, SLOT_FILE, in.a[0], in.a[1], task, 0) < 0 || hazard_related(f, task))
+            if (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
+                hazard_add(f, task);
+    }
+    return 0;
+}
+
+/* Forget a struct file's "already written": a new open may reuse a freed pointer. */
+static __always_inline void forget_written(struct fstate *f, u64 file)
+{
+    struct fpol *p = policy_of(f, RK_WRITE);
+    if (file && p && p->mode != MODE_DROP)
+        written.delete(&file);
+}
+
 /* ------------------------------------------------------------------------------------------ open */
 TP(syscalls, sys_enter_openat)
 {
-    return stash(RK_OPEN, SC_OPENAT, args->dfd, (u64)args->filename, args->flags, args->mode, 0, 0);
+    return fstash(RK_OPEN, SC_OPENAT, args->dfd, (u64)args->filename, args->flags, args->mode, 0, 0);
 }
 
 TP(syscalls, sys_enter_open)
 {
-    return stash(RK_OPEN, SC_OPEN, AT_FDCWD_, (u64)args->filename, args->flags, args->mode, 0, 0);
+    return fstash(RK_OPEN, SC_OPEN, AT_FDCWD_, (u64)args->filename, args->flags, args->mode, 0, 0);
 }
 
 TP(syscalls, sys_enter_creat)
 {
     /* creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode) */
-    return stash(RK_OPEN, SC_CREAT, AT_FDCWD_, (u64)args->pathname, 01 | 0100 | 01000, args->mode, 0, 0);
+    return fstash(RK_OPEN, SC_CREAT, AT_FDCWD_, (u64)args->pathname, 01 | 0100 | 01000, args->mode, 0, 0);
 }
 
 TP(syscalls, sys_enter_openat2)
 {
     u64 how[3] = {};
     bpf_probe_read_user(how, sizeof(how), (void *)args->how);  /* struct open_how {flags, mode, resolve} */
-    return stash(RK_OPEN, SC_OPENAT2, args->dfd, (u64)args->filename, how[0], how[1], how[2], 0);
+    return fstash(RK_OPEN, SC_OPENAT2, args->dfd, (u64)args->filename, how[0], how[1], how[2], 0);
 }
 
 static __always_inline int open_exit(long ret)
@@ -89,25 +176,54 @@ static __always_inline int open_exit(long ret)
     if (!unstash(&in))
         return 0;
     struct scratch *s = scratch_get();
-    if (!s)
+    struct fstate *f = fstate_get();
+    if (!s || !f)
         return 0;
     u64 task = bpf_get_current_task();
-    begin(s, task, RK_OPEN, sizeof(struct open_body), ret);
+    filter_begin(f);
+    u64 flags = in.a[2];
+    u64 file = 0;
+    u32 kind = RK_OPEN;
+    if (ret >= 0) {
+        file = fd_file_of(task, ret);
+        if (file_read(f, file) && (f->fmode & FMODE_CREATED_))
+            kind = RK_CREATE;
+        forget_written(f, file);
+    }
+    tally(kind, C_SEEN);
+    struct fpol *p = policy_of(f, kind);
+    int v = prefilter(p, flags, in.a[3]);
+    if (v == V_CONTINUE) {
+        if (ret < 0)
+            v = str_verdict(s, f, p, kind, SLOT_FILE, in.a[0], in.a[1], flags, task, 0);
+        else
+            v = file ? fd_verdict(s, f, p, kind, flags, task) : V_UNSURE;
+    } else if (v == V_PASS && ret >= 0) {
+        v = pass_verdict(f, p, kind, task);
+    }
+    if (!settle(kind, v))
+        return 0;
+    forget(f, v, kind);
+    struct rec_hdr *h = begin(s, task, RK_OPEN, sizeof(struct open_body), ret);
+    h->hflags = hflags_of(v);
     struct open_body *b = BODY(open_body, s);
     b->sc = in.sc;
     b->dfd = (s32)in.a[0];
-    b->flags = in.a[2];
+    b->flags = flags;
     b->mode = in.a[3];
     b->resolve = in.a[4];
     b->pad = 0;
     __builtin_memset(&b->f, 0, sizeof(b->f));
-    if (ret >= 0)
-        b->fmode = slot_file(s, &b->f, fd_file(s, ret));
-    else {
+    if (ret >= 0) {
+        b->fmode = f->fmode;
+        slot_from_state(s, f, &b->f, task);
+        if (p && (p->has & HAS_LEARN))
+            candidate(f, h);
+    } else {
         b->fmode = 0;
         slot_user_path(s, &b->f, in.a[0], in.a[1]);
     }
-    emit(s, RK_OPEN);
+    emit(s, kind);
     return 0;
 }
 
@@ -119,17 +235,17 @@ TP(syscalls, sys_exit_openat2) { return open_exit(args->ret); }
 /* ---------------------------------------------------------------------------------- unlink, rmdir */
 TP(syscalls, sys_enter_unlinkat)
 {
-    return stash(RK_UNLINK, SC_UNLINKAT, args->dfd, (u64)args->pathname, args->flag, 0, 0, 0);
+    return fstash(RK_UNLINK, SC_UNLINKAT, args->dfd, (u64)args->pathname, args->flag, 0, 0, 0);
 }
 
 TP(syscalls, sys_enter_unlink)
 {
-    return stash(RK_UNLINK, SC_UNLINK, AT_FDCWD_, (u64)args->pathname, 0, 0, 0, 0);
+    return fstash(RK_UNLINK, SC_UNLINK, AT_FDCWD_, (u64)args->pathname, 0, 0, 0, 0);
 }
 
 TP(syscalls, sys_enter_rmdir)
 {
-    return stash(RK_UNLINK, SC_RMDIR, AT_FDCWD_, (u64)args->pathname, 0x200 /* AT_REMOVEDIR */, 0, 0, 0);
+    return fstash(RK_RMDIR, SC_RMDIR, AT_FDCWD_, (u64)args->pathname, 0x200 /* AT_REMOVEDIR */, 0, 0, 0);
 }
 
 static __always_inline int unlink_exit(long ret)
@@ -138,10 +254,24 @@ static __always_inline int unlink_exit(long ret)
     if (!unstash(&in))
         return 0;
     struct scratch *s = scratch_get();
-    if (!s)
+    struct fstate *f = fstate_get();
+    if (!s || !f)
         return 0;
     u64 task = bpf_get_current_task();
-    begin(s, task, RK_UNLINK, sizeof(struct unlink_body), ret);
+    u32 kind = (in.a[2] & 0x200) ? RK_RMDIR : RK_UNLINK;
+    if (kind == RK_RMDIR && ret == 0)
+        bump_epoch();                                 /* its inode number may come back as another directory */
+    filter_begin(f);
+    tally(kind, C_SEEN);
+    struct fpol *p = policy_of(f, kind);
+    int v = prefilter(p, in.a[2], 0);
+    if (v == V_CONTINUE)
+        v = str_verdict(s, f, p, kind, SLOT_FILE, in.a[0], in.a[1], in.a[2], task, 0);
+    if (!settle(kind, v))
+        return 0;
+    forget(f, v, kind);
+    struct rec_hdr *h = begin(s, task, RK_UNLINK, sizeof(struct unlink_body), ret);
+    h->hflags = hflags_of(v);
     struct unlink_body *b = BODY(unlink_body, s);
     b->sc = in.sc;
     b->dfd = (s32)in.a[0];
@@ -149,7 +279,7 @@ static __always_inline int unlink_exit(long ret)
     b->pad = 0;
     __builtin_memset(&b->f, 0, sizeof(b->f));
     slot_user_path(s, &b->f, in.a[0], in.a[1]);
-    emit(s, RK_UNLINK);
+    emit(s, kind);
     return 0;
 }
 
@@ -160,31 +290,55 @@ TP(syscalls, sys_exit_rmdir) { return unlink_exit(args->ret); }
 /* ----------------------------------------------------------------------------------------- rename */
 TP(syscalls, sys_enter_renameat2)
 {
-    return stash(RK_RENAME, SC_RENAMEAT2, args->olddfd, (u64)args->oldname, args->newdfd,
-                 (u64)args->newname, args->flags, 0);
+    return fstash(RK_RENAME, SC_RENAMEAT2, args->olddfd, (u64)args->oldname, args->newdfd,
+                  (u64)args->newname, args->flags, 0);
 }
 
 TP(syscalls, sys_enter_renameat)
 {
-    return stash(RK_RENAME, SC_RENAMEAT, args->olddfd, (u64)args->oldname, args->newdfd,
-                 (u64)args->newname, 0, 0);
+    return fstash(RK_RENAME, SC_RENAMEAT, args->olddfd, (u64)args->oldname, args->newdfd,
+                  (u64)args->newname, 0, 0);
 }
 
 TP(syscalls, sys_enter_rename)
 {
-    return stash(RK_RENAME, SC_RENAME, AT_FDCWD_, (u64)args->oldname, AT_FDCWD_, (u64)args->newname, 0, 0);
+    return fstash(RK_RENAME, SC_RENAME, AT_FDCWD_, (u64)args->oldname, AT_FDCWD_, (u64)args->newname, 0, 0);
 }
 
-static __always_inline int rename_exit(long ret)
+/* Two path strings: approved when either is, unsure when either is. */
+static __always_inline int pair_verdict(struct scratch *s, struct fstate *f, struct fpol *p, u32 kind,
+                                        struct inflight *in, u64 flags, u64 task, int raw_target)
 {
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    int v = str_verdict(s, f, p, kind, SLOT_FILE, in->a[0], in->a[1], flags, task, 0);
+    if (v == V_APPROVED)
+        return v;
+    int w = str_verdict(s, f, p, kind, SLOT_TARGET, in->a[2], in->a[3], flags, task, raw_target);
+    if (w == V_APPROVED || w == V_UNSURE)
+        return w;
+    return v;
+}
+
+static __always_inline void rename_judge(struct inflight in, long ret)
+{
     struct scratch *s = scratch_get();
-    if (!s)
-        return 0;
+    struct fstate *f = fstate_get();
+    if (!s || !f)
+        return;
     u64 task = bpf_get_current_task();
-    begin(s, task, RK_RENAME, sizeof(struct rename_body), ret);
+    filter_begin(f);
+    if (ret == 0)
+        bump_epoch();                                 /* a directory may have moved: discarders are stale */
+    tally(RK_RENAME, C_SEEN);
+    struct fpol *p = policy_of(f, RK_RENAME);
+    int v = prefilter(p, in.a[4], 0);
+    if (v == V_CONTINUE)
+        v = pair_verdict(s, f, p, RK_RENAME, &in, in.a[4], task, 0);
+    if (!settle(RK_RENAME, v))
+        return;
+    u32 k2 = RK_RENAME;
+    forget(f, v, k2);
+    struct rec_hdr *h = begin(s, task, RK_RENAME, sizeof(struct rename_body), ret);
+    h->hflags = hflags_of(v);
     struct rename_body *b = BODY(rename_body, s);
     b->sc = in.sc;
     b->flags = (u32)in.a[4];
@@ -195,33 +349,71 @@ static __always_inline int rename_exit(long ret)
     slot_user_path(s, &b->src, in.a[0], in.a[1]);
     slot_user_path(s, &b->dst, in.a[2], in.a[3]);
     emit(s, RK_RENAME);
+}
+
+static __always_inline int rename_exit(void *ctx, long ret)
+{
+    struct inflight in;
+    if (!unstash(&in))
+        return 0;
+    rename_judge(in, ret);
+    struct fstate *f = fstate_get();
+    if (ret == 0 && f)
+        hazards_after(ctx, f, &in, RK_RENAME);
     return 0;
 }
 
-TP(syscalls, sys_exit_renameat2) { return rename_exit(args->ret); }
-TP(syscalls, sys_exit_renameat) { return rename_exit(args->ret); }
-TP(syscalls, sys_exit_rename) { return rename_exit(args->ret); }
+TP(syscalls, sys_exit_renameat2) { return rename_exit(args, args->ret); }
+TP(syscalls, sys_exit_renameat) { return rename_exit(args, args->ret); }
+TP(syscalls, sys_exit_rename) { return rename_exit(args, args->ret); }
 
 /* ------------------------------------------------------------------------------------------ chmod */
 TP(syscalls, sys_enter_fchmodat)
 {
-    return stash(RK_CHMOD, SC_FCHMODAT, args->dfd, (u64)args->filename, args->mode, 0, 0, 0);
+    return fstash(RK_CHMOD, SC_FCHMODAT, args->dfd, (u64)args->filename, args->mode, 0, 0, 0);
 }
 
 TP(syscalls, sys_enter_fchmodat2)
 {
-    return stash(RK_CHMOD, SC_FCHMODAT2, args->dfd, (u64)args->filename, args->mode, args->flags, 0, 0);
+    return fstash(RK_CHMOD, SC_FCHMODAT2, args->dfd, (u64)args->filename, args->mode, args->flags, 0, 0);
 }
 
 TP(syscalls, sys_enter_chmod)
 {
-    return stash(RK_CHMOD, SC_CHMOD, AT_FDCWD_, (u64)args->filename, args->mode, 0, 0, 0);
+    return fstash(RK_CHMOD, SC_CHMOD, AT_FDCWD_, (u64)args->filename, args->mode, 0, 0, 0);
 }
 
 TP(syscalls, sys_enter_fchmod)
 {
     /* fd-based: a0 = fd, a1 = 0 marks "resolve from the fd" */
-    return stash(RK_CHMOD, SC_FCHMOD, args->fd, 0, args->mode, 0, 0, 0);
+    return fstash(RK_CHMOD, SC_FCHMOD, args->fd, 0, args->mode, 0, 0, 0);
+}
+
+/* One file, by fd (a1 == 0) or by path string: the verdict, with file_read() done for the fd case. */
+static __always_inline int one_verdict(struct scratch *s, struct fstate *f, struct fpol *p, u32 kind,
+                                       struct inflight *in, u64 flags, u64 mode, u64 task)
+{
+    int v = prefilter(p, flags, mode);
+    if (v == V_PASS && !in->a[1])
+        return pass_verdict(f, p, kind, task);
+    if (v != V_CONTINUE)
+        return v;
+    if (!in->a[1])
+        return f->dentry ? fd_verdict(s, f, p, kind, flags, task) : V_UNSURE;
+    return str_verdict(s, f, p, kind, SLOT_FILE, in->a[0], in->a[1], flags, task, 0);
+}
+
+static __always_inline void one_slot(struct scratch *s, struct fstate *f, struct fpol *p, struct rec_hdr *h,
+                                     struct file_info *fi, struct inflight *in, u64 task)
+{
+    __builtin_memset(fi, 0, sizeof(*fi));
+    if (!in->a[1] || f->via_fd) {
+        slot_from_state(s, f, fi, task);
+        if (p && (p->has & HAS_LEARN))
+            candidate(f, h);
+    } else {
+        slot_user_path(s, fi, in->a[0], in->a[1]);
+    }
 }
 
 static __always_inline int chmod_exit(long ret)
@@ -230,20 +422,28 @@ static __always_inline int chmod_exit(long ret)
     if (!unstash(&in))
         return 0;
     struct scratch *s = scratch_get();
-    if (!s)
+    struct fstate *f = fstate_get();
+    if (!s || !f)
         return 0;
     u64 task = bpf_get_current_task();
-    begin(s, task, RK_CHMOD, sizeof(struct chmod_body), ret);
+    filter_begin(f);
+    if (!in.a[1])
+        file_read(f, fd_file_of(task, (int)in.a[0]));
+    tally(RK_CHMOD, C_SEEN);
+    struct fpol *p = policy_of(f, RK_CHMOD);
+    int v = one_verdict(s, f, p, RK_CHMOD, &in, in.a[3], in.a[2], task);
+    if (!settle(RK_CHMOD, v))
+        return 0;
+    u32 k2 = RK_CHMOD;
+    forget(f, v, k2);
+    struct rec_hdr *h = begin(s, task, RK_CHMOD, sizeof(struct chmod_body), ret);
+    h->hflags = hflags_of(v);
     struct chmod_body *b = BODY(chmod_body, s);
     b->sc = in.sc;
     b->dfd = (s32)in.a[0];
     b->mode = (u32)in.a[2];
     b->flags = (u32)in.a[3];
-    __builtin_memset(&b->f, 0, sizeof(b->f));
-    if (in.sc == SC_FCHMOD)
-        slot_file(s, &b->f, fd_file(s, (int)in.a[0]));
-    else
-        slot_user_path(s, &b->f, in.a[0], in.a[1]);
+    one_slot(s, f, p, h, &b->f, &in, task);
     emit(s, RK_CHMOD);
     return 0;
 }
@@ -256,23 +456,23 @@ TP(syscalls, sys_exit_fchmod) { return chmod_exit(args->ret); }
 /* ------------------------------------------------------------------------------------------ chown */
 TP(syscalls, sys_enter_fchownat)
 {
-    return stash(RK_CHOWN, SC_FCHOWNAT, args->dfd, (u64)args->filename, args->user, args->group, args->flag, 0);
+    return fstash(RK_CHOWN, SC_FCHOWNAT, args->dfd, (u64)args->filename, args->user, args->group, args->flag, 0);
 }
 
 TP(syscalls, sys_enter_chown)
 {
-    return stash(RK_CHOWN, SC_CHOWN, AT_FDCWD_, (u64)args->filename, args->user, args->group, 0, 0);
+    return fstash(RK_CHOWN, SC_CHOWN, AT_FDCWD_, (u64)args->filename, args->user, args->group, 0, 0);
 }
 
 TP(syscalls, sys_enter_lchown)
 {
-    return stash(RK_CHOWN, SC_LCHOWN, AT_FDCWD_, (u64)args->filename, args->user, args->group,
-                 0x100 /* AT_SYMLINK_NOFOLLOW */, 0);
+    return fstash(RK_CHOWN, SC_LCHOWN, AT_FDCWD_, (u64)args->filename, args->user, args->group,
+                  0x100 /* AT_SYMLINK_NOFOLLOW */, 0);
 }
 
 TP(syscalls, sys_enter_fchown)
 {
-    return stash(RK_CHOWN, SC_FCHOWN, args->fd, 0, args->user, args->group, 0, 0);
+    return fstash(RK_CHOWN, SC_FCHOWN, args->fd, 0, args->user, args->group, 0, 0);
 }
 
 static __always_inline int chown_exit(long ret)
@@ -281,10 +481,22 @@ static __always_inline int chown_exit(long ret)
     if (!unstash(&in))
         return 0;
     struct scratch *s = scratch_get();
-    if (!s)
+    struct fstate *f = fstate_get();
+    if (!s || !f)
         return 0;
     u64 task = bpf_get_current_task();
-    begin(s, task, RK_CHOWN, sizeof(struct chown_body), ret);
+    filter_begin(f);
+    if (!in.a[1])
+        file_read(f, fd_file_of(task, (int)in.a[0]));
+    tally(RK_CHOWN, C_SEEN);
+    struct fpol *p = policy_of(f, RK_CHOWN);
+    int v = one_verdict(s, f, p, RK_CHOWN, &in, in.a[4], 0, task);
+    if (!settle(RK_CHOWN, v))
+        return 0;
+    u32 k2 = RK_CHOWN;
+    forget(f, v, k2);
+    struct rec_hdr *h = begin(s, task, RK_CHOWN, sizeof(struct chown_body), ret);
+    h->hflags = hflags_of(v);
     struct chown_body *b = BODY(chown_body, s);
     b->sc = in.sc;
     b->dfd = (s32)in.a[0];
@@ -292,11 +504,7 @@ static __always_inline int chown_exit(long ret)
     b->gid = (u32)in.a[3];
     b->flags = (u32)in.a[4];
     b->pad = 0;
-    __builtin_memset(&b->f, 0, sizeof(b->f));
-    if (in.sc == SC_FCHOWN)
-        slot_file(s, &b->f, fd_file(s, (int)in.a[0]));
-    else
-        slot_user_path(s, &b->f, in.a[0], in.a[1]);
+    one_slot(s, f, p, h, &b->f, &in, task);
     emit(s, RK_CHOWN);
     return 0;
 }
@@ -305,3 +513,310 @@ TP(syscalls, sys_exit_fchownat) { return chown_exit(args->ret); }
 TP(syscalls, sys_exit_chown) { return chown_exit(args->ret); }
 TP(syscalls, sys_exit_lchown) { return chown_exit(args->ret); }
 TP(syscalls, sys_exit_fchown) { return chown_exit(args->ret); }
+
+/* ----------------------------------------------------------------- single-file operations (FILEOP) */
+/* in: a0 dirfd or fd, a1 path string (0: the file is fd a0), a2 event flags, a3 mode, a4 aux,
+ * a5 extra string (user memory). Judged and recorded at sys_exit. */
+static __always_inline int fileop_exit(long ret, u32 kind, int fd_from_ret)
+{
+    struct inflight in;
+    if (!unstash(&in))
+        return 0;
+    struct scratch *s = scratch_get();
+    struct fstate *f = fstate_get();
+    if (!s || !f)
+        return 0;
+    u64 task = bpf_get_current_task();
+    filter_begin(f);
+    if (kind == RK_UMOUNT && ret == 0)
+        bump_epoch();
+    if (fd_from_ret) {                                /* memfd_create: the new file is the result */
+        if (ret < 0)
+            return 0;
+        in.a[0] = ret;
+        file_read(f, fd_file_of(task, ret));
+        forget_written(f, fd_file_of(task, ret));
+    } else if (!in.a[1]) {
+        file_read(f, fd_file_of(task, (int)in.a[0]));
+    }
+    tally(kind, C_SEEN);
+    struct fpol *p = policy_of(f, kind);
+    int v = one_verdict(s, f, p, kind, &in, in.a[2], in.a[3], task);
+    if (kind == RK_UMOUNT && v == V_FILTERED)
+        v = V_UNSURE;                                 /* a mount point: userspace resolves it first */
+    if (!settle(kind, v))
+        return 0;
+    forget(f, v, kind);
+    struct rec_hdr *h = begin(s, task, kind, sizeof(struct fileop_body), ret);
+    h->hflags = hflags_of(v);
+    struct fileop_body *b = BODY(fileop_body, s);
+    b->sc = in.sc;
+    b->dfd = (s32)in.a[0];
+    b->flags = in.a[2];
+    b->mode = in.a[3];
+    b->aux = in.a[4];
+    b->pad = 0;
+    b->pad2 = 0;
+    one_slot(s, f, p, h, &b->f, &in, task);
+    b->extra_len = in.a[5] ? append_str(s, in.a[5], 1) : 0;
+    emit(s, kind);
+    return 0;
+}
+
+TP(syscalls, sys_enter_truncate)
+{
+    return fstash(RK_TRUNCATE, SC_TRUNCATE, AT_FDCWD_, (u64)args->path, 0, 0, args->length, 0);
+}
+
+TP(syscalls, sys_enter_ftruncate)
+{
+    return fstash(RK_TRUNCATE, SC_FTRUNCATE, args->fd, 0, 0, 0, args->length, 0);
+}
+
+TP(syscalls, sys_exit_truncate) { return fileop_exit(args->ret, RK_TRUNCATE, 0); }
+TP(syscalls, sys_exit_ftruncate) { return fileop_exit(args->ret, RK_TRUNCATE, 0); }
+
+TP(syscalls, sys_enter_mkdir)
+{
+    return fstash(RK_MKDIR, SC_MKDIR, AT_FDCWD_, (u64)args->pathname, 0, args->mode, 0, 0);
+}
+
+TP(syscalls, sys_enter_mkdirat)
+{
+    return fstash(RK_MKDIR, SC_MKDIRAT, args->dfd, (u64)args->pathname, 0, args->mode, 0, 0);
+}
+
+TP(syscalls, sys_exit_mkdir) { return fileop_exit(args->ret, RK_MKDIR, 0); }
+TP(syscalls, sys_exit_mkdirat) { return fileop_exit(args->ret, RK_MKDIR, 0); }
+
+TP(syscalls, sys_enter_mknod)
+{
+    return fstash(RK_MKNOD, SC_MKNOD, AT_FDCWD_, (u64)args->filename, 0, args->mode, args->dev, 0);
+}
+
+TP(syscalls, sys_enter_mknodat)
+{
+    return fstash(RK_MKNOD, SC_MKNODAT, args->dfd, (u64)args->filename, 0, args->mode, args->dev, 0);
+}
+
+TP(syscalls, sys_exit_mknod) { return fileop_exit(args->ret, RK_MKNOD, 0); }
+TP(syscalls, sys_exit_mknodat) { return fileop_exit(args->ret, RK_MKNOD, 0); }
+
+TP(syscalls, sys_enter_setxattr)
+{
+    return fstash(RK_SETXATTR, SC_SETXATTR, AT_FDCWD_, (u64)args->pathname, args->flags, 0, args->size,
+                  (u64)args->name);
+}
+
+TP(syscalls, sys_enter_lsetxattr)
+{
+    return fstash(RK_SETXATTR, SC_LSETXATTR, AT_FDCWD_, (u64)args->pathname, args->flags, 0, args->size,
+                  (u64)args->name);
+}
+
+TP(syscalls, sys_enter_fsetxattr)
+{
+    return fstash(RK_SETXATTR, SC_FSETXATTR, args->fd, 0, args->flags, 0, args->size, (u64)args->name);
+}
+
+TP(syscalls, sys_enter_setxattrat)
+{
+    return fstash(RK_SETXATTR, SC_SETXATTRAT, args->dfd, (u64)args->pathname, args->at_flags, 0, args->usize,
+                  (u64)args->name);
+}
+
+TP(syscalls, sys_exit_setxattr) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
+TP(syscalls, sys_exit_lsetxattr) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
+TP(syscalls, sys_exit_fsetxattr) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
+TP(syscalls, sys_exit_setxattrat) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
+
+TP(syscalls, sys_enter_mmap)
+{
+    /* a file mapped shared and writable: writes reach the file without write(2) */
+    if ((s64)args->fd < 0 || !(args->prot & 2 /* PROT_WRITE */) || !(args->flags & 1 /* MAP_SHARED */))
+        return 0;
+    return fstash(RK_MMAP, SC_MMAP, args->fd, 0, args->prot | (args->flags << 32), 0, args->len, 0);
+}
+
+TP(syscalls, sys_exit_mmap) { return fileop_exit(args->ret, RK_MMAP, 0); }
+
+TP(syscalls, sys_enter_memfd_create)
+{
+    return fstash(RK_MEMFD_CREATE, SC_MEMFD_CREATE, -1, 0, args->flags, 0, 0, (u64)args->uname);
+}
+
+TP(syscalls, sys_exit_memfd_create) { return fileop_exit(args->ret, RK_MEMFD_CREATE, 1); }
+
+TP(syscalls, sys_enter_umount)
+{
+    return fstash(RK_UMOUNT, SC_UMOUNT2, AT_FDCWD_, (u64)args->name, args->flags, 0, 0, 0);
+}
+
+TP(syscalls, sys_exit_umount) { return fileop_exit(args->ret, RK_UMOUNT, 0); }
+
+/* -------------------------------------------------------------------------------------- write */
+/* The first write to a regular file (or block device) per open, judged and recorded at sys_enter (before
+ * the data lands). Every later write to the same open file costs one fd lookup and one hash lookup. */
+static __always_inline int write_enter(u32 sc, s64 fd)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (ignored(id >> 32))
+        return 0;
+    struct fstate *f = fstate_get();
+    if (!f)
+        return 0;
+    filter_begin(f);
+    struct fpol *p = policy_of(f, RK_WRITE);
+    if (p && p->mode == MODE_DROP)
+        return 0;                                     /* no rule needs writes: none is an event */
+    u64 task = bpf_get_current_task();
+    u64 file = fd_file_of(task, fd);
+    if (!file)
+        return 0;
+    u64 mark = (f->epoch >> 40) + 1;                  /* judged again under a new policy */
+    u64 *w = written.lookup(&file);
+    if (w && *w == mark)
+        return 0;
+    written.update(&file, &mark);
+    if (!file_read(f, file))
+        return 0;
+    u32 fmt = f->fi.mode & S_IFMT_;
+    if (fmt != S_IFREG_ && fmt != S_IFBLK_)
+        return 0;
+    struct scratch *s = scratch_get();
+    if (!s)
+        return 0;
+    tally(RK_WRITE, C_SEEN);
+    u64 fflags = rd32(file + O_FILE_FLAGS);
+    int v = prefilter(p, fflags, 0);
+    if (v == V_CONTINUE)
+        v = fd_verdict(s, f, p, RK_WRITE, fflags, task);
+    else if (v == V_PASS)
+        v = pass_verdict(f, p, RK_WRITE, task);
+    if (!settle(RK_WRITE, v))
+        return 0;
+    u32 k2 = RK_WRITE;
+    forget(f, v, k2);
+    struct rec_hdr *h = begin(s, task, RK_WRITE, sizeof(struct fileop_body), 0);
+    h->hflags = hflags_of(v);
+    struct fileop_body *b = BODY(fileop_body, s);
+    __builtin_memset(b, 0, sizeof(*b));
+    b->sc = sc;
+    b->dfd = fd;
+    b->flags = fflags;
+    slot_from_state(s, f, &b->f, task);
+    if (p && (p->has & HAS_LEARN))
+        candidate(f, h);
+    emit(s, RK_WRITE);
+    return 0;
+}
+
+TP(syscalls, sys_enter_write) { return write_enter(SC_WRITE, args->fd); }
+TP(syscalls, sys_enter_writev) { return write_enter(SC_WRITEV, args->fd); }
+TP(syscalls, sys_enter_pwrite64) { return write_enter(SC_PWRITE64, args->fd); }
+TP(syscalls, sys_enter_pwritev) { return write_enter(SC_PWRITEV, args->fd); }
+TP(syscalls, sys_enter_pwritev2) { return write_enter(SC_PWRITEV2, args->fd); }
+
+/* ---------------------------------------------------------- two-path operations (FILEOP2) */
+/* in: a0 dirfd + a1 string of the first file, a2 dirfd + a3 string of the second, a4 flags, a5 extra string
+ * (mount: fs type). symlink: the first file is the link created, the second the link text (raw). */
+static __always_inline void fileop2_judge(struct inflight in, long ret, u32 kind)
+{
+    struct scratch *s = scratch_get();
+    struct fstate *f = fstate_get();
+    if (!s || !f)
+        return;
+    u64 task = bpf_get_current_task();
+    filter_begin(f);
+    if (ret == 0 && kind == RK_MOUNT)
+        bump_epoch();                                 /* mount, move_mount: paths below changed */
+    tally(kind, C_SEEN);
+    struct fpol *p = policy_of(f, kind);
+    int v = prefilter(p, in.a[4], 0);
+    if (v == V_CONTINUE)
+        v = pair_verdict(s, f, p, kind, &in, in.a[4], task, kind == RK_SYMLINK);
+    if (kind == RK_MOUNT && v == V_FILTERED)
+        v = V_UNSURE;                                 /* mount sources are not always paths: userspace decides */
+    if (!settle(kind, v))
+        return;
+    forget(f, v, kind);
+    struct rec_hdr *h = begin(s, task, kind, sizeof(struct fileop2_body), ret);
+    h->hflags = hflags_of(v);
+    struct fileop2_body *b = BODY(fileop2_body, s);
+    b->sc = in.sc;
+    b->dfd = (s32)in.a[0];
+    b->dfd2 = (s32)in.a[2];
+    b->pad = 0;
+    b->flags = in.a[4];
+    b->aux = 0;
+    __builtin_memset(&b->src, 0, sizeof(b->src));
+    __builtin_memset(&b->dst, 0, sizeof(b->dst));
+    if (kind == RK_MOUNT && in.sc == SC_MOUNT) {
+        b->src.path_flags = PF_UNRESOLVED;            /* the source as given: a device, a path or a name */
+        b->src.str_len = append_str(s, in.a[1], 1);
+    } else {
+        slot_user_path(s, &b->src, in.a[0], in.a[1]);
+    }
+    if (kind == RK_SYMLINK) {
+        b->dst.path_flags = PF_UNRESOLVED;            /* the link text, as written */
+        b->dst.str_len = append_str(s, in.a[3], 1);
+    } else {
+        slot_user_path(s, &b->dst, in.a[2], in.a[3]);
+    }
+    b->extra_len = in.a[5] ? append_str(s, in.a[5], 1) : 0;
+    emit(s, kind);
+}
+
+static __always_inline int fileop2_exit(void *ctx, long ret, u32 kind)
+{
+    struct inflight in;
+    if (!unstash(&in))
+        return 0;
+    fileop2_judge(in, ret, kind);
+    struct fstate *f = fstate_get();
+    if (ret == 0 && f)
+        hazards_after(ctx, f, &in, kind);
+    return 0;
+}
+
+TP(syscalls, sys_enter_link)
+{
+    return fstash(RK_LINK, SC_LINK, AT_FDCWD_, (u64)args->oldname, AT_FDCWD_, (u64)args->newname, 0, 0);
+}
+
+TP(syscalls, sys_enter_linkat)
+{
+    return fstash(RK_LINK, SC_LINKAT, args->olddfd, (u64)args->oldname, args->newdfd, (u64)args->newname,
+                  args->flags, 0);
+}
+
+TP(syscalls, sys_exit_link) { return fileop2_exit(args, args->ret, RK_LINK); }
+TP(syscalls, sys_exit_linkat) { return fileop2_exit(args, args->ret, RK_LINK); }
+
+TP(syscalls, sys_enter_symlink)
+{
+    return fstash(RK_SYMLINK, SC_SYMLINK, AT_FDCWD_, (u64)args->newname, AT_FDCWD_, (u64)args->oldname, 0, 0);
+}
+
+TP(syscalls, sys_enter_symlinkat)
+{
+    return fstash(RK_SYMLINK, SC_SYMLINKAT, args->newdfd, (u64)args->newname, AT_FDCWD_, (u64)args->oldname, 0, 0);
+}
+
+TP(syscalls, sys_exit_symlink) { return fileop2_exit(args, args->ret, RK_SYMLINK); }
+TP(syscalls, sys_exit_symlinkat) { return fileop2_exit(args, args->ret, RK_SYMLINK); }
+
+TP(syscalls, sys_enter_mount)
+{
+    return fstash(RK_MOUNT, SC_MOUNT, AT_FDCWD_, (u64)args->dev_name, AT_FDCWD_, (u64)args->dir_name, args->flags,
+                  (u64)args->type);
+}
+
+TP(syscalls, sys_enter_move_mount)
+{
+    return fstash(RK_MOUNT, SC_MOVE_MOUNT, args->from_dfd, (u64)args->from_pathname, args->to_dfd,
+                  (u64)args->to_pathname, MS_MOVE_, 0);
+}
+
+TP(syscalls, sys_exit_mount) { return fileop2_exit(args, args->ret, RK_MOUNT); }
+TP(syscalls, sys_exit_move_mount) { return fileop2_exit(args, args->ret, RK_MOUNT); }

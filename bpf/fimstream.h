@@ -298,6 +298,7 @@ static __always_inline u32 append_walk(struct scratch *s)
     opaque(pos);
     if (off > EV_VAR_MASK || pos > PATH_END)
         return 0;
+    opaque(off);                                      /* keep the bound on the register that is used */
     u32 n = PATH_END - pos;
     opaque(n);
     bpf_probe_read_kernel(&s->ev[off & EV_VAR_MASK], n & PATH_MASK, &s->path[pos & PATH_MASK]);

@@ -8,8 +8,10 @@ import struct
 
 from fimstream.collector import records as R
 from fimstream.collector.event import TYPE_INDEX, Event, FileRef, KernelFile
+from fimstream.collector.offsets import Need
 from fimstream.collector.paths import Resolver
 from fimstream.collector.sensor import Sensor
+from fimstream.schemas.codec import text
 
 FMODE_CREATED = 1 << 20  # file->f_mode: the open created the file (stable since 4.19; see the test)
 O_NOFOLLOW = 0o400000
@@ -18,6 +20,14 @@ AT_REMOVEDIR = 0x200
 RENAME_EXCHANGE = 2
 T_OPEN, T_CREATE, T_UNLINK, T_RMDIR, T_RENAME, T_CHMOD, T_CHOWN = (
     TYPE_INDEX[n] for n in ("open", "create", "unlink", "rmdir", "rename", "chmod", "chown"))
+AT_SYMLINK_FOLLOW = 0x400
+UMOUNT_NOFOLLOW = 8
+MS_BIND = 4096
+# FILEOP/FILEOP2 kinds: event type, and whether the syscall follows a symlink in the last component
+FILEOP_TYPES = {R.RK_WRITE: "write", R.RK_TRUNCATE: "truncate", R.RK_MKDIR: "mkdir", R.RK_MKNOD: "mknod",
+                R.RK_SETXATTR: "setxattr", R.RK_MMAP: "mmap", R.RK_MEMFD_CREATE: "memfd_create",
+                R.RK_UMOUNT: "umount", R.RK_LINK: "link", R.RK_SYMLINK: "symlink", R.RK_MOUNT: "mount"}
+NOFOLLOW_SC = {R.SC["lsetxattr"], R.SC["mkdir"], R.SC["mkdirat"], R.SC["mknod"], R.SC["mknodat"]}
 _HDR = R.HEADER.unpack_from
 _FI = R.FILE_INFO.unpack_from
 _FI_SIZE = R.FILE_INFO.size
@@ -26,6 +36,7 @@ _BODY = R.HEADER_SIZE
 _OPEN_REC = struct.Struct("<" + R.HEADER.format[1:] + R.OPEN_BODY.format[1:] + R.FILE_INFO.format[1:]).unpack_from
 _OPEN_FI = R.HEADER_SIZE + R.OPEN_BODY.size
 _SC_NAMES = R.SYSCALL_NAMES
+TAILS = ("tail__hazard",)  # bpf/file_sensor.c's tail-called programs, in file_tails order (T_HAZARD = 0)
 
 
 class SlotReader:
@@ -64,6 +75,7 @@ def stat_into(f: FileRef, root: bytes | None, follow: bool) -> bool:
 class FileSensor(Sensor):
     name = "file"
     source = "file_sensor.c"
+    needs = {"O_FILE_FLAGS": Need(("file", "f_flags"), 4)}
 
     def __init__(self, resolver: Resolver):
         super().__init__()
@@ -71,11 +83,32 @@ class FileSensor(Sensor):
         self.decoders = {R.RK_OPEN: self.decode_open, R.RK_UNLINK: self.decode_unlink,
                          R.RK_RENAME: self.decode_rename, R.RK_CHMOD: self.decode_chmod,
                          R.RK_CHOWN: self.decode_chown}
+        for kind in (R.RK_WRITE, R.RK_TRUNCATE, R.RK_MKDIR, R.RK_MKNOD, R.RK_SETXATTR, R.RK_MMAP,
+                     R.RK_MEMFD_CREATE, R.RK_UMOUNT):
+            self.decoders[kind] = self.decode_fileop
+        for kind in (R.RK_LINK, R.RK_SYMLINK, R.RK_MOUNT):
+            self.decoders[kind] = self.decode_fileop2
 
     @staticmethod
     def _event(data, off: int, kind: int, etype: int, sc: int) -> Event:
         hdr = _HDR(data, off)
         return Event(kind, etype, R.SYSCALL_NAMES.get(sc, str(sc)), hdr, bytes(data[off + _SIG0:off + _SIG1]))
+
+    def load(self, bpf) -> None:
+        """The tail-called programs first (file_tails), then the hooks."""
+        import ctypes as ct
+
+        from bcc import BPF
+
+        from fimstream.collector.sensor import SensorError
+
+        try:
+            tails = bpf[b"file_tails"]
+            for index, fn in enumerate(TAILS):
+                tails[ct.c_int(index)] = ct.c_int(bpf.load_func(fn.encode(), BPF.TRACEPOINT).fd)
+        except Exception as e:
+            raise SensorError(f"sensor {self.name}: tail call program: {e}") from e
+        super().load(bpf)
 
     def decode_open(self, data, off: int, length: int) -> Event:
         # the hottest record: header, body and file slot in one unpack, the fd-based slot inline
@@ -152,6 +185,78 @@ class FileSensor(Sensor):
         ev.owner_gid = -1 if gid == 0xFFFFFFFF else gid
         ev.flags = flags
         return ev
+
+
+    def decode_fileop(self, data, off: int, length: int) -> Event:
+        """write (first per open), truncate, mkdir, mknod, setxattr, shared writable mmap, memfd_create,
+        umount: one file (by fd or by path string), plus an extra string (xattr or memfd name)."""
+        body = off + _BODY
+        sc, dfd, flags, mode, aux, extra_len, _, _ = R.FILEOP_BODY.unpack_from(data, body)
+        kind = data[off] | (data[off + 1] << 8)
+        etype = FILEOP_TYPES[kind]
+        ev = self._event(data, off, kind, TYPE_INDEX[etype], sc)
+        fi = body + R.FILEOP_BODY.size
+        follow = sc not in NOFOLLOW_SC and not (kind == R.RK_UMOUNT and flags & UMOUNT_NOFOLLOW) \
+            and not (sc == R.SC["setxattrat"] and flags & AT_SYMLINK_NOFOLLOW)
+        ev.file, root, var = self.slots.slot(data, fi, fi + _FI_SIZE, ev.hdr[7], follow)
+        if ev.file.key is None:
+            stat_into(ev.file, root, follow)
+        ev.flags = flags
+        ev.mode = mode
+        if extra_len:
+            ev.attrs = {"name": text(bytes(data[var:var + extra_len]))}
+        if kind == R.RK_TRUNCATE:
+            ev.attrs = {"length": str(aux)}
+        elif kind == R.RK_MKNOD and aux:
+            ev.attrs = {"rdev": f"{os.major(aux)}:{os.minor(aux)}"}
+        return ev
+
+    def decode_fileop2(self, data, off: int, length: int) -> Event:
+        """link (file = the existing file, target = the new link), symlink (file = the link created,
+        target = its text as written), mount and move_mount (file = the source, target = the mount point;
+        attrs fs_type)."""
+        body = off + _BODY
+        sc, dfd, dfd2, extra_len, _, flags, aux = R.FILEOP2_BODY.unpack_from(data, body)
+        kind = data[off] | (data[off + 1] << 8)
+        ev = self._event(data, off, kind, TYPE_INDEX[FILEOP_TYPES[kind]], sc)
+        src_fi = body + R.FILEOP2_BODY.size
+        dst_fi = src_fi + _FI_SIZE
+        pid = ev.hdr[7]
+        var = dst_fi + _FI_SIZE
+        src_raw = kind == R.RK_MOUNT and sc == R.SC["mount"]
+        src_root = dst_root = None
+        if src_raw:  # a device, a path or a name, as given; a bind mount's source is a path
+            ev.file, var = _raw_slot(data, src_fi, var)
+            if flags & MS_BIND and ev.file.path.startswith(b"/"):
+                path, pflags, src_root = self.slots.resolver.resolve(pid, b"", R.PF_UNRESOLVED, ev.file.path, True)
+                ev.file = FileRef(path, pflags)
+        else:
+            follow = kind == R.RK_LINK and bool(flags & AT_SYMLINK_FOLLOW)
+            ev.file, src_root, var = self.slots.slot(data, src_fi, var, pid, follow)
+        if kind == R.RK_SYMLINK:
+            ev.target, var = _raw_slot(data, dst_fi, var)
+        else:
+            ev.target, dst_root, var = self.slots.slot(data, dst_fi, var, pid, kind == R.RK_MOUNT)
+        if extra_len:
+            ev.attrs = {"fs_type": text(bytes(data[var:var + extra_len]))}
+        ev.flags = flags
+        if ev.retval == 0:
+            if kind == R.RK_LINK:  # both names are the one inode now
+                if stat_into(ev.target, dst_root, False):
+                    _copy_identity(ev.file, ev.target)
+            elif kind == R.RK_SYMLINK:
+                stat_into(ev.file, src_root, False)
+            else:
+                stat_into(ev.target, dst_root, True)
+        elif kind != R.RK_SYMLINK and not src_raw:
+            stat_into(ev.file, src_root, kind == R.RK_LINK and bool(flags & AT_SYMLINK_FOLLOW))
+        return ev
+
+
+def _raw_slot(data, fi_off: int, var: int) -> tuple[FileRef, int]:
+    """A slot whose string is kept as written (a symlink's text, a mount source): never resolved."""
+    str_len = _FI(data, fi_off)[7]
+    return FileRef(bytes(data[var:var + str_len]), R.PF_UNRESOLVED), var + str_len
 
 
 def _copy_identity(dst: FileRef, src: FileRef) -> None:

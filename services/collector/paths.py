@@ -140,6 +140,9 @@ class Resolver:
                 ) -> tuple[bytes, int, bytes | None]:
         """Returns (path, path_flags, root prefix usable to stat it or None)."""
         joined = join(base, name)
+        if joined.startswith(b"/proc/") and joined[6:].split(b"/", 1)[0] in (b"self", b"thread-self"):
+            joined = b"/proc/%d" % pid + joined[6:].partition(b"/")[1] + joined[6:].partition(b"/")[2]
+            name = joined  # "self" is whoever reads /proc: here, the event's process
         flags = base_flags & ~PF_UNRESOLVED
         if base_flags & _BASE_UNUSABLE and not name.startswith(b"/"):
             self.unresolved += 1

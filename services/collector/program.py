@@ -14,6 +14,7 @@ from typing import Iterable
 from fimstream.collector import offsets as offsets_mod
 from fimstream.collector import records
 from fimstream.collector.btf import Btf, BtfError
+from fimstream.collector.policy import policy_limits
 from fimstream.collector.sensor import Sensor, SensorError, bpf_source
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Program:
             raise KeyError(f"unknown offset macro {', '.join(sorted(unknown))}")
         self.offsets = offsets_mod.compute(btf, {k: v for k, v in overrides.items() if k in offsets_mod.NEEDS})
         defines = {**records.c_defines(max_depth=max_depth, ringbuf_bytes=ringbuf_bytes), **self.offsets,
-                   **offsets_mod.windows(self.offsets)}
+                   **offsets_mod.windows(self.offsets), **policy_limits()}
         self.sensors = []
         for sensor in sensors:  # a sensor whose kernel members are missing stays out, as a unit
             try:
@@ -59,7 +60,7 @@ class Program:
         # Everything is pasted into the main file: bcc rewrites map calls (`events.ringbuf_output`) and
         # inserts the tracepoint `args` structs in the main file only; in an #included file they stay
         # unrewritten (the verifier then sees "unknown opcode 8d") or incomplete.
-        text = "".join(f"{bpf_source(name)}\n" for name in ["fimstream.h", *(s.source for s in self.sensors)])
+        text = "".join(f"{bpf_source(name)}\n" for name in ["fimstream.h", "filter.h", *(s.source for s in self.sensors)])
         t0 = time.monotonic()
         self.bpf = BPF(text=text.encode(), cflags=cflags)
         self.compile_seconds = time.monotonic() - t0
