@@ -106,19 +106,27 @@ struct enf_buf {              /* per-CPU: the file and second paths, and lookup 
     u32 qlen;
 };
 
-struct enf_req {              /* one syscall as the decision sees it */
+struct enf_req {              /* one syscall as the decision sees it; hooks fill it, enf_decide_tail reads it */
     u32 et;                   /* ET_* */
     u32 sc;                   /* ESC_* (0: exec, not a syscall) */
+    u32 src;                  /* where the file comes from: SRC_* */
+    u32 pad;
+    s64 fd;                   /* SRC_FD, SRC_OPEN_EXIT */
     u64 flags;
     u64 mode;
     u64 ouid;
     u64 ogid;
-    u64 file;                 /* struct file * of an fd-based call, or 0 */
-    u64 str;                  /* caller's path string (when file == 0) */
+    u64 file;                 /* struct file *, resolved by enf_decide_tail */
+    u64 str;                  /* SRC_STR: the caller's path string, relative to dfd */
     s64 dfd;
     u64 str2;                 /* rename destination */
     s64 dfd2;
 };
+
+#define SRC_FD 1              /* an fd argument */
+#define SRC_STR 2             /* a path string */
+#define SRC_EXE 3             /* current->mm->exe_file (exec) */
+#define SRC_OPEN_EXIT 4       /* the fd an open returned: open, or create when FMODE_CREATED */
 
 struct enforce_body {         /* RK_ENFORCE; variable part: file path, then target path */
     u32 action;               /* 1 = kill */
@@ -251,7 +259,11 @@ static __always_inline u32 enf_str_path(struct scratch *s, struct enf_buf *b, ch
 #pragma clang loop unroll(disable)
     for (int i = 0; i < 4; i++) {                     /* "dir/" names dir */
         u32 k = b->len;
-        if (k <= 1 || k > ENF_BUF || buf[(k - 1) & (ENF_BUF - 1)] != '/')
+        if (k <= 1 || k > ENF_BUF)
+            break;
+        u32 j = k - 1;
+        opaque(j);                                    /* else clang drops the mask the verifier needs */
+        if (buf[j & (ENF_BUF - 1)] != '/')
             break;
         b->len = k - 1;
     }
@@ -487,151 +499,182 @@ static __always_inline int enf_decide(struct enf_req *r)
     return 0;
 }
 
-static __always_inline int enf_fd(u32 et, u32 sc, s64 fd, u64 flags, u64 mode, u64 ouid, u64 ogid)
-{
-    u32 zero = 0;
-    struct scratch *s = enf_scratch.lookup(&zero);
-    if (!s)
-        return 0;
-    /* fd_file() reads through the task window: refresh it for this task first */
-    READ_WIN(s->task, W_TASK, bpf_get_current_task());
-    struct enf_req r = {.et = et, .sc = sc, .flags = flags, .mode = mode, .ouid = ouid, .ogid = ogid};
-    r.file = fd_file(s, fd);
-    if (!r.file)
-        return 0;
-    return enf_decide(&r);
-}
-
-/* Cheap gate for the hot hooks: is any kill clause loaded for this type? */
+/* Cheap gate for the hooks: is any kill clause loaded for this type? */
 static __always_inline int enf_active(u32 et)
 {
     struct enf_type *T = enf_types.lookup(&et);
     return T && T->nclauses;
 }
 
-static __always_inline int enf_str(u32 et, u32 sc, s64 dfd, u64 str, u64 flags, u64 mode, u64 ouid, u64 ogid)
+/* The decision is one program, reached by a tail call from every hook: compiled and verified once
+ * instead of once per hook (34 inlined copies cost the module seconds of compile time). */
+BPF_PERCPU_ARRAY(enf_reqs, struct enf_req, 1);
+BPF_PROG_ARRAY(enf_tail, 1);
+
+static __always_inline int enf_submit(void *ctx, struct enf_req *r)
+{
+    u32 zero = 0;
+    struct enf_req *q = enf_reqs.lookup(&zero);
+    if (!q)
+        return 0;
+    __builtin_memcpy(q, r, sizeof(*q));
+    enf_tail.call(ctx, 0);
+    return 0;                                         /* only when the decision program is not loaded */
+}
+
+int enf_decide_tail(void *ctx)
+{
+    u32 zero = 0;
+    struct enf_req *q = enf_reqs.lookup(&zero);
+    if (!q)
+        return 0;
+    struct enf_req r;
+    __builtin_memcpy(&r, q, sizeof(r));
+    if (r.src != SRC_STR) {
+        struct scratch *s = enf_scratch.lookup(&zero);
+        if (!s)
+            return 0;
+        READ_WIN(s->task, W_TASK, bpf_get_current_task());
+        r.file = r.src == SRC_EXE ? rd64(TASK64(s, O_TASK_MM) + O_MM_EXE_FILE) : fd_file(s, r.fd);
+        if (!r.file)
+            return 0;
+        if (r.src == SRC_OPEN_EXIT) {
+            r.et = (rd32(r.file + O_FILE_MODE) & FMODE_CREATED_) ? ET_CREATE : ET_OPEN;
+            if (!enf_active(r.et))
+                return 0;
+        }
+    }
+    return enf_decide(&r);
+}
+
+static __always_inline int enf_fd(void *ctx, u32 et, u32 sc, s64 fd, u64 flags, u64 mode, u64 ouid, u64 ogid)
+{
+    if (!enf_active(et) || fd < 0)
+        return 0;
+    struct enf_req r = {.et = et, .sc = sc, .src = SRC_FD, .fd = fd, .flags = flags, .mode = mode, .ouid = ouid,
+                        .ogid = ogid};
+    return enf_submit(ctx, &r);
+}
+
+static __always_inline int enf_str(void *ctx, u32 et, u32 sc, s64 dfd, u64 str, u64 flags, u64 mode, u64 ouid,
+                                   u64 ogid)
 {
     if (!enf_active(et))
         return 0;
-    struct enf_req r = {.et = et, .sc = sc, .flags = flags, .mode = mode, .ouid = ouid, .ogid = ogid,
-                        .str = str, .dfd = dfd};
-    return enf_decide(&r);
+    struct enf_req r = {.et = et, .sc = sc, .src = SRC_STR, .flags = flags, .mode = mode, .ouid = ouid,
+                        .ogid = ogid, .str = str, .dfd = dfd};
+    return enf_submit(ctx, &r);
 }
 
 #define OWNER(v) ((u32)(v) == 0xFFFFFFFF ? (u64)-1 : (u64)(u32)(v))
 
 /* ------------------------------------------------------------------------------------ write, mmap */
-static __always_inline int enf_write(void *ctx, u32 sc, int fd_arg)
+ENF(syscalls, sys_enter_write) { return enf_fd(ctx, ET_WRITE, ESC_WRITE, (s32)ARG(ctx, 0), 0, 0, 0, 0); }
+ENF(syscalls, sys_enter_pwrite64) { return enf_fd(ctx, ET_WRITE, ESC_PWRITE64, (s32)ARG(ctx, 0), 0, 0, 0, 0); }
+ENF(syscalls, sys_enter_writev) { return enf_fd(ctx, ET_WRITE, ESC_WRITEV, (s32)ARG(ctx, 0), 0, 0, 0, 0); }
+ENF(syscalls, sys_enter_pwritev) { return enf_fd(ctx, ET_WRITE, ESC_PWRITEV, (s32)ARG(ctx, 0), 0, 0, 0, 0); }
+ENF(syscalls, sys_enter_pwritev2) { return enf_fd(ctx, ET_WRITE, ESC_PWRITEV2, (s32)ARG(ctx, 0), 0, 0, 0, 0); }
+ENF(syscalls, sys_enter_sendfile64) { return enf_fd(ctx, ET_WRITE, ESC_SENDFILE64, (s32)ARG(ctx, 0), 0, 0, 0, 0); }
+ENF(syscalls, sys_enter_copy_file_range)
 {
-    if (!enf_active(ET_WRITE))
-        return 0;
-    return enf_fd(ET_WRITE, sc, (s32)ARG(ctx, fd_arg), 0, 0, 0, 0);
+    return enf_fd(ctx, ET_WRITE, ESC_COPY_FILE_RANGE, (s32)ARG(ctx, 2), 0, 0, 0, 0);
 }
-
-ENF(syscalls, sys_enter_write) { return enf_write(ctx, ESC_WRITE, 0); }
-ENF(syscalls, sys_enter_pwrite64) { return enf_write(ctx, ESC_PWRITE64, 0); }
-ENF(syscalls, sys_enter_writev) { return enf_write(ctx, ESC_WRITEV, 0); }
-ENF(syscalls, sys_enter_pwritev) { return enf_write(ctx, ESC_PWRITEV, 0); }
-ENF(syscalls, sys_enter_pwritev2) { return enf_write(ctx, ESC_PWRITEV2, 0); }
-ENF(syscalls, sys_enter_sendfile64) { return enf_write(ctx, ESC_SENDFILE64, 0); }
-ENF(syscalls, sys_enter_copy_file_range) { return enf_write(ctx, ESC_COPY_FILE_RANGE, 2); }
-ENF(syscalls, sys_enter_splice) { return enf_write(ctx, ESC_SPLICE, 2); }
+ENF(syscalls, sys_enter_splice) { return enf_fd(ctx, ET_WRITE, ESC_SPLICE, (s32)ARG(ctx, 2), 0, 0, 0, 0); }
 
 ENF(syscalls, sys_enter_mmap)
 {
-    if (!enf_active(ET_MMAP))
-        return 0;
-    s64 fd = (s64)ARG(ctx, 4);
-    if ((s32)fd < 0)
-        return 0;                                     /* anonymous mapping */
-    u64 prot = ARG(ctx, 2), flags = ARG(ctx, 3);
-    return enf_fd(ET_MMAP, ESC_MMAP, (s32)fd, (flags << 32) | (prot & 0xFFFFFFFF), 0, 0, 0);
+    u64 prot = ARG(ctx, 2), flags = ARG(ctx, 3);      /* fd < 0: an anonymous mapping, no file */
+    return enf_fd(ctx, ET_MMAP, ESC_MMAP, (s32)ARG(ctx, 4), (flags << 32) | (prot & 0xFFFFFFFF), 0, 0, 0);
 }
 
 /* -------------------------------------------------------------------------------------- truncate */
-ENF(syscalls, sys_enter_truncate) { return enf_str(ET_TRUNCATE, ESC_TRUNCATE, AT_FDCWD_, ARG(ctx, 0), 0, 0, 0, 0); }
-
-ENF(syscalls, sys_enter_ftruncate)
+ENF(syscalls, sys_enter_truncate)
 {
-    if (!enf_active(ET_TRUNCATE))
-        return 0;
-    return enf_fd(ET_TRUNCATE, ESC_FTRUNCATE, (s32)ARG(ctx, 0), 0, 0, 0, 0);
+    return enf_str(ctx, ET_TRUNCATE, ESC_TRUNCATE, AT_FDCWD_, ARG(ctx, 0), 0, 0, 0, 0);
 }
+ENF(syscalls, sys_enter_ftruncate) { return enf_fd(ctx, ET_TRUNCATE, ESC_FTRUNCATE, (s32)ARG(ctx, 0), 0, 0, 0, 0); }
 
 /* -------------------------------------------------------------------------------- unlink, rmdir */
 ENF(syscalls, sys_enter_unlinkat)
 {
     u64 flag = (u32)ARG(ctx, 2);
-    return enf_str(flag & 0x200 ? ET_RMDIR : ET_UNLINK, ESC_UNLINKAT, (s32)ARG(ctx, 0), ARG(ctx, 1), flag, 0, 0, 0);
+    return enf_str(ctx, flag & 0x200 ? ET_RMDIR : ET_UNLINK, ESC_UNLINKAT, (s32)ARG(ctx, 0), ARG(ctx, 1), flag, 0,
+                   0, 0);
 }
 
-ENF(syscalls, sys_enter_unlink) { return enf_str(ET_UNLINK, ESC_UNLINK, AT_FDCWD_, ARG(ctx, 0), 0, 0, 0, 0); }
-ENF(syscalls, sys_enter_rmdir) { return enf_str(ET_RMDIR, ESC_RMDIR, AT_FDCWD_, ARG(ctx, 0), 0x200, 0, 0, 0); }
+ENF(syscalls, sys_enter_unlink) { return enf_str(ctx, ET_UNLINK, ESC_UNLINK, AT_FDCWD_, ARG(ctx, 0), 0, 0, 0, 0); }
+ENF(syscalls, sys_enter_rmdir) { return enf_str(ctx, ET_RMDIR, ESC_RMDIR, AT_FDCWD_, ARG(ctx, 0), 0x200, 0, 0, 0); }
 
 /* ----------------------------------------------------------------------------------------- rename */
-static __always_inline int enf_rename(u32 sc, s64 olddfd, u64 oldname, s64 newdfd, u64 newname, u64 flags)
+static __always_inline int enf_rename(void *ctx, u32 sc, s64 olddfd, u64 oldname, s64 newdfd, u64 newname,
+                                      u64 flags)
 {
     if (!enf_active(ET_RENAME))
         return 0;
-    struct enf_req r = {.et = ET_RENAME, .sc = sc, .flags = flags, .str = oldname, .dfd = olddfd,
+    struct enf_req r = {.et = ET_RENAME, .sc = sc, .src = SRC_STR, .flags = flags, .str = oldname, .dfd = olddfd,
                         .str2 = newname, .dfd2 = newdfd};
-    return enf_decide(&r);
+    return enf_submit(ctx, &r);
 }
 
 ENF(syscalls, sys_enter_renameat2)
 {
-    return enf_rename(ESC_RENAMEAT2, (s32)ARG(ctx, 0), ARG(ctx, 1), (s32)ARG(ctx, 2), ARG(ctx, 3), (u32)ARG(ctx, 4));
+    return enf_rename(ctx, ESC_RENAMEAT2, (s32)ARG(ctx, 0), ARG(ctx, 1), (s32)ARG(ctx, 2), ARG(ctx, 3),
+                      (u32)ARG(ctx, 4));
 }
 
 ENF(syscalls, sys_enter_renameat)
 {
-    return enf_rename(ESC_RENAMEAT, (s32)ARG(ctx, 0), ARG(ctx, 1), (s32)ARG(ctx, 2), ARG(ctx, 3), 0);
+    return enf_rename(ctx, ESC_RENAMEAT, (s32)ARG(ctx, 0), ARG(ctx, 1), (s32)ARG(ctx, 2), ARG(ctx, 3), 0);
 }
 
-ENF(syscalls, sys_enter_rename) { return enf_rename(ESC_RENAME, AT_FDCWD_, ARG(ctx, 0), AT_FDCWD_, ARG(ctx, 1), 0); }
+ENF(syscalls, sys_enter_rename)
+{
+    return enf_rename(ctx, ESC_RENAME, AT_FDCWD_, ARG(ctx, 0), AT_FDCWD_, ARG(ctx, 1), 0);
+}
 
 /* ------------------------------------------------------------------------------------------ chmod */
 ENF(syscalls, sys_enter_fchmodat)
 {
-    return enf_str(ET_CHMOD, ESC_FCHMODAT, (s32)ARG(ctx, 0), ARG(ctx, 1), 0, (u32)ARG(ctx, 2), 0, 0);
+    return enf_str(ctx, ET_CHMOD, ESC_FCHMODAT, (s32)ARG(ctx, 0), ARG(ctx, 1), 0, (u32)ARG(ctx, 2), 0, 0);
 }
 
 ENF(syscalls, sys_enter_fchmodat2)
 {
-    return enf_str(ET_CHMOD, ESC_FCHMODAT2, (s32)ARG(ctx, 0), ARG(ctx, 1), (u32)ARG(ctx, 3), (u32)ARG(ctx, 2), 0, 0);
+    return enf_str(ctx, ET_CHMOD, ESC_FCHMODAT2, (s32)ARG(ctx, 0), ARG(ctx, 1), (u32)ARG(ctx, 3), (u32)ARG(ctx, 2),
+                   0, 0);
 }
 
-ENF(syscalls, sys_enter_chmod) { return enf_str(ET_CHMOD, ESC_CHMOD, AT_FDCWD_, ARG(ctx, 0), 0, (u32)ARG(ctx, 1), 0, 0); }
+ENF(syscalls, sys_enter_chmod)
+{
+    return enf_str(ctx, ET_CHMOD, ESC_CHMOD, AT_FDCWD_, ARG(ctx, 0), 0, (u32)ARG(ctx, 1), 0, 0);
+}
 
 ENF(syscalls, sys_enter_fchmod)
 {
-    if (!enf_active(ET_CHMOD))
-        return 0;
-    return enf_fd(ET_CHMOD, ESC_FCHMOD, (s32)ARG(ctx, 0), 0, (u32)ARG(ctx, 1), 0, 0);
+    return enf_fd(ctx, ET_CHMOD, ESC_FCHMOD, (s32)ARG(ctx, 0), 0, (u32)ARG(ctx, 1), 0, 0);
 }
 
 /* ------------------------------------------------------------------------------------------ chown */
 ENF(syscalls, sys_enter_fchownat)
 {
-    return enf_str(ET_CHOWN, ESC_FCHOWNAT, (s32)ARG(ctx, 0), ARG(ctx, 1), (u32)ARG(ctx, 4), 0, OWNER(ARG(ctx, 2)),
-                   OWNER(ARG(ctx, 3)));
+    return enf_str(ctx, ET_CHOWN, ESC_FCHOWNAT, (s32)ARG(ctx, 0), ARG(ctx, 1), (u32)ARG(ctx, 4), 0,
+                   OWNER(ARG(ctx, 2)), OWNER(ARG(ctx, 3)));
 }
 
 ENF(syscalls, sys_enter_chown)
 {
-    return enf_str(ET_CHOWN, ESC_CHOWN, AT_FDCWD_, ARG(ctx, 0), 0, 0, OWNER(ARG(ctx, 1)), OWNER(ARG(ctx, 2)));
+    return enf_str(ctx, ET_CHOWN, ESC_CHOWN, AT_FDCWD_, ARG(ctx, 0), 0, 0, OWNER(ARG(ctx, 1)), OWNER(ARG(ctx, 2)));
 }
 
 ENF(syscalls, sys_enter_lchown)
 {
-    return enf_str(ET_CHOWN, ESC_LCHOWN, AT_FDCWD_, ARG(ctx, 0), 0x100, 0, OWNER(ARG(ctx, 1)), OWNER(ARG(ctx, 2)));
+    return enf_str(ctx, ET_CHOWN, ESC_LCHOWN, AT_FDCWD_, ARG(ctx, 0), 0x100, 0, OWNER(ARG(ctx, 1)),
+                   OWNER(ARG(ctx, 2)));
 }
 
 ENF(syscalls, sys_enter_fchown)
 {
-    if (!enf_active(ET_CHOWN))
-        return 0;
-    return enf_fd(ET_CHOWN, ESC_FCHOWN, (s32)ARG(ctx, 0), 0, 0, OWNER(ARG(ctx, 1)), OWNER(ARG(ctx, 2)));
+    return enf_fd(ctx, ET_CHOWN, ESC_FCHOWN, (s32)ARG(ctx, 0), 0, 0, OWNER(ARG(ctx, 1)), OWNER(ARG(ctx, 2)));
 }
 
 /* ------------------------------------------------------------------------------------ open, create */
@@ -666,23 +709,12 @@ static __always_inline int enf_open_exit(void *ctx, u32 sc)
     struct enf_open *o = enf_open_inflight.lookup(&tid);
     if (!o)
         return 0;
-    struct enf_open saved = *o;
+    struct enf_req r = {.et = ET_OPEN, .sc = sc, .src = SRC_OPEN_EXIT, .flags = o->flags, .mode = o->mode};
     enf_open_inflight.delete(&tid);
-    s64 ret = (s64)ARG(ctx, 0);
-    if (ret < 0)
+    r.fd = (s64)ARG(ctx, 0);
+    if (r.fd < 0)
         return 0;
-    struct scratch *s = enf_scratch.lookup(&(u32){0});
-    if (!s)
-        return 0;
-    READ_WIN(s->task, W_TASK, bpf_get_current_task());
-    u64 file = fd_file(s, ret);
-    if (!file)
-        return 0;
-    u32 et = (rd32(file + O_FILE_MODE) & FMODE_CREATED_) ? ET_CREATE : ET_OPEN;
-    if (!enf_active(et))
-        return 0;
-    struct enf_req r = {.et = et, .sc = sc, .flags = saved.flags, .mode = saved.mode, .file = file};
-    return enf_decide(&r);
+    return enf_submit(ctx, &r);
 }
 
 ENF(syscalls, sys_exit_openat) { return enf_open_exit(ctx, ESC_OPENAT); }
@@ -697,13 +729,6 @@ ENF(sched, sched_process_exec)
 {
     if (!enf_active(ET_EXEC))
         return 0;
-    struct scratch *s = enf_scratch.lookup(&(u32){0});
-    if (!s)
-        return 0;
-    READ_WIN(s->task, W_TASK, bpf_get_current_task());
-    struct enf_req r = {.et = ET_EXEC};
-    r.file = rd64(TASK64(s, O_TASK_MM) + O_MM_EXE_FILE);
-    if (!r.file)
-        return 0;
-    return enf_decide(&r);
+    struct enf_req r = {.et = ET_EXEC, .src = SRC_EXE};
+    return enf_submit(ctx, &r);
 }

@@ -92,6 +92,7 @@ class Request:
     answered: bool = False
     busy: bool = False  # the decider is reading through fd: it closes fd when done (the number must not be
     #                     reused under it when the watchdog answers first)
+    facts: "Facts | None" = None  # what the reader already read (path, identity)
 
 
 @dataclass
@@ -100,18 +101,19 @@ class Stats:
     allowed: int = 0
     denied: int = 0
     self_allowed: int = 0  # this process's own opens and the pipeline's pids: answered by the reader
+    quick: int = 0  # answered by the reader from the file alone (no /proc reads)
     timeouts: int = 0
     undecided: int = 0
     late: int = 0  # decisions that arrived after the watchdog answered
     errors: int = 0
-    decide_ns_total: int = 0
-    decide_ns_max: int = 0
+    decided: int = 0  # answered by a decision (quick or full), not by the watchdog
+    answer_ns_total: int = 0  # from reading the request to answering it
+    answer_ns_max: int = 0
 
     def as_dict(self) -> dict:
-        decided = self.allowed + self.denied - self.timeouts
-        out = {k: v for k, v in vars(self).items() if not k.startswith("decide_ns")}
-        out["decide_us_avg"] = round(self.decide_ns_total / decided / 1000, 1) if decided > 0 else 0
-        out["decide_us_max"] = round(self.decide_ns_max / 1000, 1)
+        out = {k: v for k, v in vars(self).items() if not k.startswith("answer_ns")}
+        out["answer_us_avg"] = round(self.answer_ns_total / self.decided / 1000, 1) if self.decided else 0
+        out["answer_us_max"] = round(self.answer_ns_max / 1000, 1)
         return out
 
 
@@ -174,6 +176,10 @@ class FanotifyDeny:
         self._exec_open: dict[int, tuple[int, int]] = {}  # tid -> (dev, ino) of the file its exec is opening
         self._last_mark = 0.0
         self._me = os.getpid()
+        self._tids: set[int] = set()  # this process's threads (listed from /proc/self/task)
+        self._tids_at = 0.0
+        self._tgids: dict[int, int] = {}  # requester tid -> tgid, for the pipeline's pids
+        self.roots = RootCache()
 
     # ------------------------------------------------------------------------------------ lifecycle
     def apply(self, policy: EnforcementPolicy) -> None:
@@ -290,6 +296,16 @@ class FanotifyDeny:
             if self._own(tid):
                 mine.append(req)
                 continue
+            try:
+                settled = self.quick(req)
+            except OSError:
+                settled = None  # the decider will try again and report
+            if settled is not None:
+                with self._lock:
+                    self._respond(req, settled)
+                self.stats.quick += 1
+                self._answered(req)
+                continue
             with self._lock:
                 self._pending[fd] = req
             self._queue.append(req)
@@ -303,10 +319,23 @@ class FanotifyDeny:
                 self._wake.notify()
 
     def _own(self, tid: int) -> bool:
-        if os.path.exists(f"/proc/{self._me}/task/{tid}"):
+        """One of this process's threads, or of the pipeline's pids. Cheap: it runs for every request."""
+        now = time.monotonic()
+        if now - self._tids_at > 10:  # tids get reused: start over now and then
+            self._tids, self._tgids = set(), {}
+            self._tids_at = 0.0
+        if tid not in self._tids and now - self._tids_at > 0.5:
+            self._tids = {int(t) for t in os.listdir(f"/proc/{self._me}/task")}
+            self._tids_at = now
+        if tid in self._tids:
             return True
         ignored = self.ignored()
-        return bool(ignored) and _tgid(tid) in ignored
+        if not ignored or ignored == {self._me}:
+            return False
+        tgid = self._tgids.get(tid)
+        if tgid is None:
+            tgid = self._tgids[tid] = _tgid(tid)
+        return tgid in ignored
 
     def _watchdog(self) -> None:
         if not self._pending:
@@ -332,7 +361,6 @@ class FanotifyDeny:
                     if req.answered:
                         continue
                     req.busy = True
-                t0 = time.perf_counter_ns()
                 try:
                     if self.decide_hook is not None:
                         self.decide_hook(req)
@@ -341,14 +369,12 @@ class FanotifyDeny:
                     log.exception("fanotify decision for tid %d", req.tid)
                     self.stats.errors += 1
                     response, rule, facts, outcome = FAN_ALLOW, None, None, None
-                took = time.perf_counter_ns() - t0
                 with self._lock:
                     answered = self._respond(req, response)
                     req.busy = False
                     os.close(req.fd)
                 if answered:
-                    self.stats.decide_ns_total += took
-                    self.stats.decide_ns_max = max(self.stats.decide_ns_max, took)
+                    self._answered(req)
                     if outcome is not None:
                         self._event(req, facts, rule, outcome)
                 else:
@@ -356,25 +382,39 @@ class FanotifyDeny:
                     if response == FAN_DENY and self.on_timeout == "allow":
                         self._event(req, facts, rule, "timeout_allowed")
 
-    def decide(self, req: Request) -> tuple[int, str | None, "Facts | None", str | None]:
-        """(FAN_ALLOW or FAN_DENY, the rule concerned, the facts read, outcome to report or None)."""
+    def _answered(self, req: Request) -> None:
+        ns = int((time.monotonic() - req.t0) * 1e9)
+        self.stats.decided += 1
+        self.stats.answer_ns_total += ns
+        self.stats.answer_ns_max = max(self.stats.answer_ns_max, ns)
+
+    def quick(self, req: Request) -> int | None:
+        """The reader's answer when the file alone settles it (most opens on a marked filesystem are not
+        of denied paths): FAN_ALLOW, or None for the decider. No /proc reads of the requester here."""
         policy = self.policy
         kind = "exec" if req.mask & FAN_OPEN_EXEC_PERM else "open"
-        facts = Facts(req, kind, self.scope)
+        facts = req.facts = Facts(req, kind, self.scope, self.roots)
         if kind == "exec":
             if len(self._exec_open) > 4096:
                 self._exec_open.clear()
             self._exec_open[req.tid] = facts.identity()
         elif self._exec_open.pop(req.tid, None) == facts.identity():
-            return FAN_ALLOW, None, facts, None  # the open execve makes of the file it runs: an exec, not an open
+            return FAN_ALLOW  # the open execve makes of the file it runs: an exec, not an open
         table = policy.deny.get(kind) if policy else None
         if table is None:
-            return FAN_ALLOW, None, facts, None
-        # the path alone usually settles it (most opens on a marked filesystem are not denied paths)
+            return FAN_ALLOW
         rule, undecided = table.decide(lambda t: facts.path_test(t) if isinstance(t, PathTest) and t.slot == "file"
                                        else None)
         if rule is None and not undecided:
-            return FAN_ALLOW, None, facts, None
+            return FAN_ALLOW
+        return None
+
+    def decide(self, req: Request) -> tuple[int, str | None, "Facts | None", str | None]:
+        """(FAN_ALLOW or FAN_DENY, the rule concerned, the facts read, outcome to report or None)."""
+        if req.facts is None and self.quick(req) is not None:
+            return FAN_ALLOW, None, req.facts, None
+        facts = req.facts
+        table = self.policy.deny.get(facts.kind)
         rule, undecided = table.decide(facts)
         if rule is not None:
             return FAN_DENY, rule, facts, "denied"
@@ -415,11 +455,37 @@ def _tgid(tid: int) -> int:
     return tid
 
 
+class RootCache:
+    """The root directory of requesters (chroot, container rootfs) as this process sees it, per tid, kept
+    for a second: a readlink of /proc/<tid>/root per request costs more than the rest of the decision."""
+
+    TTL = 1.0
+
+    def __init__(self):
+        self._roots: dict[int, bytes] = {}
+        self._at = time.monotonic()
+
+    def get(self, tid: int) -> bytes:
+        now = time.monotonic()
+        if now - self._at > self.TTL:
+            self._roots.clear()
+            self._at = now
+        root = self._roots.get(tid)
+        if root is None:
+            try:
+                root = os.readlink(f"/proc/{tid}/root".encode())
+            except OSError:
+                root = b"/"
+            self._roots[tid] = root
+        return root
+
+
 class Facts:
     """What the decision reads about one blocked request, read lazily and once."""
 
-    def __init__(self, req: Request, kind: str, scope):
+    def __init__(self, req: Request, kind: str, scope, roots: RootCache | None = None):
         self.req, self.kind, self.scope = req, kind, scope
+        self.roots = roots or RootCache()
         self._path: bytes | None = None
         self._status: dict | None = None
         self._values: dict | None = None
@@ -431,10 +497,7 @@ class Facts:
     def path(self) -> bytes:
         if self._path is None:
             p = os.readlink(f"/proc/self/fd/{self.req.fd}".encode())
-            try:
-                root = os.readlink(f"/proc/{self.req.tid}/root".encode())
-            except OSError:
-                root = b"/"
+            root = self.roots.get(self.req.tid)
             if root != b"/" and p.startswith(root + b"/"):
                 p = p[len(root):]  # the requester lives in a subtree of ours (chroot, container rootfs)
             self._path = p

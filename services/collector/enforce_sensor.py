@@ -77,6 +77,7 @@ class EnforceSensor(Sensor):
         self.decoders = {R.RK_ENFORCE: self.decode}
         self.bpf = None
         self._fns: dict[str, object] = {}
+        self._decide = None
         self._perf_fds: dict[str, int] = {}  # tracepoint -> perf event fd (ours, not bcc's)
         self._lock = threading.Lock()
         self.generation = 0
@@ -84,6 +85,7 @@ class EnforceSensor(Sensor):
         self.policy: EnforcementPolicy | None = None
         self.kill_records = 0
         self.active_types: list[str] = []
+        self._counters: dict[str, int] = {name: 0 for name in COUNTERS}
 
     # ------------------------------------------------------------------------------ build, load
     @staticmethod
@@ -106,6 +108,17 @@ class EnforceSensor(Sensor):
         self.bpf = bpf
         self.loaded = True
 
+    def _decision_program(self) -> None:
+        """The one program every hook tail-calls (enf_decide_tail), loaded on first use."""
+        from bcc import BPF
+
+        if self._decide is None:
+            try:
+                self._decide = self.bpf.load_func(b"enf_decide_tail", BPF.TRACEPOINT)
+            except Exception as e:
+                raise SensorError(f"sensor {self.name}: enf_decide_tail: {e}") from e
+            self.bpf[b"enf_tail"][ct.c_int(0)] = ct.c_int(self._decide.fd)
+
     def _fn(self, tp: str):
         from bcc import BPF
 
@@ -119,6 +132,7 @@ class EnforceSensor(Sensor):
         return fn
 
     def unload(self, bpf) -> None:
+        self.counters()
         self._set_attached(set())
         self.loaded = False
 
@@ -146,6 +160,11 @@ class EnforceSensor(Sensor):
         Returns {event type: why it cannot be enforced} for types whose programs the kernel refused."""
         with self._lock:
             failed: dict[str, str] = {}
+            if policy.kill:
+                try:
+                    self._decision_program()
+                except SensorError as e:
+                    failed = {t: str(e) for t in policy.kill}
             for t in policy.kill:
                 for tp, ts in HOOK_TYPES.items():
                     if t in ts and t not in failed:
@@ -250,10 +269,11 @@ class EnforceSensor(Sensor):
                     scope[scope.Key(*key)] = ct.c_uint8(v)
 
     def counters(self) -> dict[str, int]:
-        if self.bpf is None:
-            return {}
-        table = self.bpf[b"enf_counters"]
-        return {name: sum(table[ct.c_int(i)]) for i, name in enumerate(COUNTERS)}
+        """Summed over CPUs; after unload, the last values read (health is still written then)."""
+        if self.loaded and self.bpf is not None:
+            table = self.bpf[b"enf_counters"]
+            self._counters = {name: sum(table[ct.c_int(i)]) for i, name in enumerate(COUNTERS)}
+        return dict(self._counters)
 
     # --------------------------------------------------------------------------------- decode
     def rule_id(self, gen: int, index: int) -> str:

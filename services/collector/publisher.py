@@ -17,10 +17,12 @@ import time
 from collections import deque
 
 from fimstream import kafka, telemetry
+from fimstream.collector.event import TYPE_INDEX
 from fimstream.config import Settings
 from fimstream.schemas.codec import Codecs
 
 log = logging.getLogger(__name__)
+_ENFORCEMENT = TYPE_INDEX["enforcement"]
 
 
 class Publisher:
@@ -178,9 +180,10 @@ class EventSink:
 
     def __call__(self, ev) -> None:
         publisher = self.publisher
-        if publisher.buffered >= publisher.max_buffered:
+        force = ev.type == _ENFORCEMENT  # what enforcement did is never dropped for a full buffer
+        if publisher.buffered >= publisher.max_buffered and not force:
             publisher.dropped += 1
             return
         info, block = self.encoder.process_for(ev)
         body = self.encoder.encode(ev, block)
-        publisher.add(info.container_id.encode() if info.container_id else self.host_key, body)
+        publisher.add(info.container_id.encode() if info.container_id else self.host_key, body, force=force)
