@@ -54,6 +54,13 @@ class Settings:
     rules: Path = Path("rules")
     host: str = field(default_factory=socket.gethostname)
     node_name: str = ""  # Kubernetes node (downward API); defaults to host
+    # the rules' needs pushed into the kernel (approvers, discarders): events no rule can match never
+    # leave it. Off: every event is published (the detector still applies the rules)
+    kernel_filter: bool = True
+    # enforcement in the collector: kill/deny rules of `rules` (docs/enforcement.md)
+    enforce: bool = True
+    enforce_deny_timeout_ms: int = 250  # a fanotify decision not made by then gets the timeout answer
+    enforce_deny_on_timeout: str = "allow"  # "allow" (fail open) or "deny" (fail closed)
 
     def group(self, stage: str) -> str:
         return f"{self.group_prefix}-{stage}"

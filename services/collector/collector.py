@@ -21,6 +21,7 @@ from fimstream.collector.enforce_sensor import EnforceSensor
 from fimstream.collector.file_sensor import FileSensor
 from fimstream.collector.net_sensor import NetSensor
 from fimstream.collector.paths import Resolver
+from fimstream.collector.policy import KernelFilter
 from fimstream.collector.priv_sensor import PrivSensor
 from fimstream.collector.process_sensor import ProcessSensor
 from fimstream.collector.proctable import ProcTable
@@ -59,6 +60,7 @@ class Collector:
                                       PrivSensor(self.procs, self.resolver, self.boot_offset_ns),
                                       NetSensor(self.boot_offset_ns), UringSensor(self.resolver), self.enforce]
         self.program: Program | None = None
+        self.filter: KernelFilter | None = None  # the rules in the kernel (policy.py), after start()
         self.reader: RingReader | None = None
         self.on_event: Callable = lambda ev: None
         self._decoders: dict[int, Callable] = {}
@@ -72,6 +74,7 @@ class Collector:
         self.program = Program(self.sensors, ringbuf_bytes=self.ringbuf_bytes, max_depth=self.max_depth,
                                offset_overrides=self.offset_overrides, require_all=self.require_all_sensors)
         self.reader = RingReader(self.program.events_fd, self.ringbuf_bytes)
+        self.filter = KernelFilter(self.program.bpf)
         self._decoders = {kind: fn for s in self.program.loaded for kind, fn in s.decoders.items()}
         self.procs.seed()
         log.info("sensors %s loaded (compile %.1fs), %d processes seeded from /proc",
@@ -97,6 +100,20 @@ class Collector:
     def set_ignored(self, pids: Iterable[int]) -> None:
         self.program.set_ignored(pids)
 
+    def load_rules(self, ruleset) -> None:
+        """The rule set's kernel policy into the filter maps (atomically); events no rule needs are then
+        dropped in the kernel, or here for the process sensor's records (the cache needs them)."""
+        self.filter.load(ruleset)
+
+    def filter_counters(self) -> dict[str, int]:
+        """The filter's userspace counters for health (loads, second looks, discarders learned)."""
+        return {f"filter_{k}": v for k, v in self.filter.stats.items()} if self.filter else {}
+
+    def scan_symlinks(self) -> int:
+        """Record this mount namespace's symlinks so its path strings can be judged in the kernel (seconds
+        on a large filesystem: run it off the event loop). Until then they go to userspace."""
+        return self.filter.scan_hazards()
+
     # ---------------------------------------------------------------------------------- reading
     def drain(self, max_records: int = 1 << 30) -> int:
         return self.reader.read(self._handle, max_records)
@@ -117,6 +134,9 @@ class Collector:
                 log.exception("cannot decode a record of kind %d (%d bytes)", kind, length)
             return
         if ev is not None:
+            flt = self.filter
+            if flt is not None and flt.compiled is not None and not flt.admit(ev, self.procs):
+                return
             self.events += 1
             self.on_event(ev)
 

@@ -16,6 +16,7 @@ from fimstream.collector import records as R
 from fimstream.collector.collector import Collector, read_ignore_file
 from fimstream.collector.encoder import RawEncoder
 from fimstream.collector.publisher import EventSink, Publisher
+from fimstream.collector.rules_stage import CollectorRules
 from fimstream.config import Settings
 from fimstream.events import raw_event
 from fimstream.health import Health
@@ -57,6 +58,20 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
                        max_depth=max_depth, compile_seconds=round(collector.program.compile_seconds, 2),
                        failed_sensors=collector.program.failed)
     health.add_source(stats.health)
+    rules = CollectorRules(settings, health)
+    if settings.kernel_filter:
+        # symlinks first: until a namespace is scanned its path strings are judged here, not in the kernel
+        found = await loop.run_in_executor(None, collector.scan_symlinks)
+        health.info["symlinks_scanned"] = found
+        rules.on_rules("kernel filter", collector.load_rules)
+        health.add_source(collector.filter_counters)
+    enforcement = None
+    if settings.enforce:  # kill/deny rules: after the self-check and our own exclusion, before "running"
+        from fimstream.collector.enforce import EnforcementStage
+        enforcement = EnforcementStage(settings, collector, publisher, codecs, health, lambda: ignored)
+        rules.on_rules("enforcement", enforcement.apply, enforcement.failed)
+    await loop.run_in_executor(None, rules.start)
+    control = asyncio.create_task(rules.follow_control(stop))
 
     def readable() -> None:
         collector.drain(DRAIN_BATCH)
@@ -82,6 +97,8 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
                     collector.set_ignored(ignored)
                     log.info("ignoring pids %s", sorted(ignored))
             collector.procs.sweep()
+            if enforcement is not None:
+                enforcement.tick()
             stats.tick(time.monotonic())
             if publishing.done():
                 publishing.result()  # surface a crash of the publishing task
@@ -89,6 +106,15 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
         loop.remove_reader(collector.fd)
         stop.set()
         await polling
+        control.cancel()
+        try:
+            await control
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping either way
+            pass
+        rules.close()
+        if enforcement is not None:
+            enforcement.close()
+            enforcement.tick()  # the last decisions' events
         collector.drain()
         stats.tick(time.monotonic())
         stop.set()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 
 import pytest
@@ -61,7 +63,18 @@ def test_file_changes_arrive_on_the_raw_topic(settings, tmp_path):
     exporter = InMemorySpanExporter()
     telemetry.setup("collector", exporter)
     d = os.fsencode(tmp_path.resolve())
-    script = b"echo hi > %s/f && mv %s/f %s/g && chmod 600 %s/g && rm %s/g" % (d, d, d, d, d)
+    elsewhere = tempfile.mkdtemp(prefix="fimstream-unwatched-", dir="/var/tmp")
+    script = b"echo hi > %s/f && mv %s/f %s/g && chmod 600 %s/g && rm %s/g && touch %s/x" % (
+        d, d, d, d, d, os.fsencode(elsewhere))
+    # the rules are pushed into the kernel: what they watch arrives, the rest of the directory does not
+    watched = f"{tmp_path.resolve()}/?"
+    settings.rules = tmp_path / "rules.yaml"
+    settings.rules.write_text(f"""rules:
+  - id: watched
+    expression: >-
+      open.file.path =~ "{watched}" || create.file.path =~ "{watched}" || write.file.path =~ "{watched}"
+      || rename.file.path =~ "{watched}" || chmod.file.path =~ "{watched}" || unlink.file.path =~ "{watched}"
+""")
 
     async def main():
         stop, health, task = await _start(settings)
@@ -83,17 +96,20 @@ def test_file_changes_arrive_on_the_raw_topic(settings, tmp_path):
     telemetry.shutdown()
     mine = [r for r in records if r["file"] and r["file"]["path"].startswith(d)]
     assert [(r["event_type"], r["file"]["path"], r["target"] and r["target"]["path"]) for r in mine] == [
-        ("create", d + b"/f", None), ("rename", d + b"/f", d + b"/g"), ("chmod", d + b"/g", None),
-        ("unlink", d + b"/g", None)]
+        ("create", d + b"/f", None), ("write", d + b"/f", None), ("rename", d + b"/f", d + b"/g"),
+        ("chmod", d + b"/g", None), ("unlink", d + b"/g", None)]
+    shutil.rmtree(elsewhere)
+    assert not [r for r in records if r["file"] and os.fsencode(elsewhere) in r["file"]["path"]], "no rule wants it"
+    assert counters["filter_loads"] == 1
     create = mine[0]
     sh = os.path.realpath("/bin/sh").encode()
     assert create["process"]["exe"] == sh and create["process"]["comm"] == "sh"
     assert create["process"]["ancestors"][0]["pid"] == os.getpid() == create["process"]["ppid"]
     assert create["file"]["ino"] and create["time_ns"] == pytest.approx(time.time_ns(), abs=60e9)
-    assert mine[1]["process"]["exe"] in (b"/usr/bin/mv", b"/bin/mv")
+    assert mine[2]["process"]["exe"] in (b"/usr/bin/mv", b"/bin/mv")
     assert all(r["process"]["pid"] != os.getpid() for r in records), "the collector must not see itself"
-    execs = [r for r in records if r["event_type"] == "exec" and r["process"]["ppid"] == create["process"]["pid"]]
-    assert {r["process"]["args"][0] for r in execs} >= {b"mv", b"chmod", b"rm"}
+    assert mine[3]["process"]["args"][0] == b"chmod"  # the process cache saw the exec...
+    assert not [r for r in records if r["event_type"] == "exec"], "...which no rule wants published"
     # every message carries its span's trace context; one span per published batch
     assert all(dict(m.headers).get("traceparent") for m in messages)
     spans = [s for s in exporter.get_finished_spans() if s.name == "collector.publish"]
@@ -105,6 +121,7 @@ def test_file_changes_arrive_on_the_raw_topic(settings, tmp_path):
 def test_pids_in_ignore_file_are_excluded_in_the_kernel(settings, tmp_path):
     d = tmp_path.resolve()
     code = "import sys; sys.stdin.readline(); open(sys.argv[1], 'w').close()"
+    settings.kernel_filter = False  # exclusion by pid alone: every event of the watched process is published
 
     async def main():
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +149,8 @@ def test_pids_in_ignore_file_are_excluded_in_the_kernel(settings, tmp_path):
 
 
 def test_broker_down_drains_the_kernel_and_counts_userspace_drops(settings, tmp_path):
-    down = settings.replace(kafka_bootstrap="127.0.0.1:9")  # nothing listens there
+    # nothing listens there; every event published (no in-kernel filter) so that the buffer fills
+    down = settings.replace(kafka_bootstrap="127.0.0.1:9", kernel_filter=False)
     path = tmp_path / "churn"
     path.write_bytes(b"")
     loop_code = f"import os\nfor _ in range(20000): os.close(os.open({str(path)!r}, os.O_RDONLY))"
@@ -169,6 +187,7 @@ def test_drops_are_reported_as_a_loss_event_on_the_raw_topic(settings, tmp_path)
     path = tmp_path / "burst"
     path.write_bytes(b"")
     burst = f"import os\nfor _ in range(5000): os.close(os.open({str(path)!r}, os.O_RDONLY))"
+    settings.kernel_filter = False  # the burst must reach userspace to overflow its buffer
 
     async def main():
         stop, health, task = await _start(settings, max_buffered_events=50)
