@@ -5,8 +5,14 @@
 1. Overhead: a C loop of openat+close over 1,000 files (compiled here with cc; a ctypes loop if there is
    no compiler), run alternately without and with the collector in the same process run (the sensors are
    detached/attached as units between rounds). "with" means the whole userspace path too: the ring buffer
-   drained, records decoded, Process blocks reused, events Avro-encoded and framed into batches.
-2. Zero-loss rate: the same loop paced at increasing rates for a few seconds each; the highest rate at
+   drained, records decoded, Process blocks reused, events Avro-encoded and framed into batches. Two
+   collector modes: every event emitted (no rules: the worst case), and the default rule pack in the
+   kernel ("filtered": the files are in a directory no rule watches, so approvers/discarders drop them).
+2. Realistic workload: a small build (a shell loop running cc -O2 -c, i.e. exec, fork, hundreds of
+   header opens, object writes, unlinks of temporaries), without and with the collector running the
+   default rule pack; the overhead on its wall time and the in-kernel filter ratio (events the kernel
+   dropped / events the hooks saw).
+3. Zero-loss rate: the same loop paced at increasing rates for a few seconds each; the highest rate at
    which the kernel lost nothing (ring-buffer reserve failures) and userspace dropped nothing. First
    drained + encoded (no Kafka), then published to an embedded Tansu broker (unless --no-kafka), with the
    collector's CPU, RSS and bytes per event on the wire at that rate.
@@ -32,6 +38,7 @@ from fimstream.collector.collector import Collector
 from fimstream.collector.encoder import RawEncoder
 from fimstream.collector.publisher import EventSink, Publisher
 from fimstream.config import Settings
+from fimstream.rules import load_rules
 from fimstream.schemas.codec import Codecs
 
 LOOP_C = r"""
@@ -78,6 +85,18 @@ class Load:
             subprocess.run([cc, "-O2", "-o", str(workdir / "loop"), str(src)], check=True)
             self.binary = str(workdir / "loop")
 
+    def build_argv(self, compiles: int) -> list[str] | None:
+        """The realistic workload: `compiles` compilations of the loop's source (None without a compiler)."""
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if not cc:
+            return None
+        out = self.dir.parent / "build"
+        out.mkdir(exist_ok=True)
+        script = (f'i=0; t0=$(date +%s%N); while [ $i -lt {compiles} ]; do {cc} -O2 -c -o {out}/o$i.o '
+                  f'{self.dir.parent}/loop.c || exit 1; rm -f {out}/o$i.o; i=$((i+1)); done; '
+                  f'echo {compiles} $(( $(date +%s%N) - t0 ))')
+        return ["/bin/sh", "-c", script]
+
     def argv(self, ops: int, rate: float = 0) -> list[str]:
         if self.binary:
             return [self.binary, str(self.dir), str(ops), str(rate)]
@@ -115,6 +134,22 @@ class Harness:
 
     def lost(self) -> int:
         return self.collector.ringbuf_lost()
+
+    def rules(self, ruleset) -> None:
+        """The rule set's policy in the kernel, or None: no filtering (every event emitted)."""
+        if ruleset is None:
+            if self.collector.filter.compiled is not None:
+                self.collector.filter.unload()
+        elif self.collector.filter.ruleset is not ruleset:
+            self.collector.load_rules(ruleset)
+
+    def file_counters(self) -> dict[str, int]:
+        """Summed kernel counters of the file, process, network and privilege hooks."""
+        out: dict[str, int] = {}
+        for row in self.collector.kernel_counters().values():
+            for k, v in row.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     def frame_without_kafka(self) -> None:
         """What publishing costs in CPU, minus the network: close batches and frame them."""
@@ -170,30 +205,71 @@ def rss_mib() -> float:
     return 0.0
 
 
-async def overhead(h: Harness, load: Load, ops: int, rounds: int) -> dict:
+async def overhead(h: Harness, load: Load, ops: int, rounds: int, ruleset) -> dict:
     """Rounds alternate: no sensors, sensors with the ring released unread (kernel cost only), the whole
-    collector (kernel + userspace decoding/encoding on the other core). The fastest round of each mode
-    is reported (medians too)."""
-    runs: dict[str, list[float]] = {"baseline": [], "kernel": [], "collector": []}
+    collector (kernel + userspace decoding/encoding on the other core) with every event emitted, and the
+    whole collector with the rules in the kernel. The fastest round of each mode is reported (medians too)."""
+    runs: dict[str, list[float]] = {"baseline": [], "kernel": [], "collector": [], "filtered": []}
     lost = 0
+    seen = emitted = 0
     for _ in range(rounds):
         for mode in runs:
             h.attach(mode != "baseline")
-            lost0 = h.lost()
-            n, ns = await h.run_load(load.argv(ops), kafka=False, decode=mode == "collector")
+            h.rules(ruleset if mode == "filtered" else None)
+            lost0, c0 = h.lost(), h.file_counters()
+            n, ns = await h.run_load(load.argv(ops), kafka=False, decode=mode != "kernel")
             runs[mode].append(ns / n / 1000)
             if mode == "collector":
                 lost += h.lost() - lost0
+            if mode == "filtered":
+                c1 = h.file_counters()
+                seen += c1["seen"] - c0["seen"]
+                emitted += c1["emitted"] - c0["emitted"]
+    h.rules(None)
     # the fastest round of each mode: on a shared machine the slow rounds measure the neighbours
-    b, k, c = (min(runs[m]) for m in ("baseline", "kernel", "collector"))
-    mb, mk, mc = (statistics.median(runs[m]) for m in ("baseline", "kernel", "collector"))
+    b, k, c, f = (min(runs[m]) for m in ("baseline", "kernel", "collector", "filtered"))
+    mb, mk, mc, mf = (statistics.median(runs[m]) for m in ("baseline", "kernel", "collector", "filtered"))
     return {"baseline_us_per_op": round(b, 3), "kernel_only_us_per_op": round(k, 3),
-            "collector_us_per_op": round(c, 3), "kernel_overhead_pct": round((k - b) / b * 100, 1),
-            "overhead_pct": round((c - b) / b * 100, 1),
+            "collector_us_per_op": round(c, 3), "filtered_us_per_op": round(f, 3),
+            "kernel_overhead_pct": round((k - b) / b * 100, 1), "overhead_pct": round((c - b) / b * 100, 1),
+            "filtered_overhead_pct": round((f - b) / b * 100, 1),
             "median_overhead_pct": {"kernel_only": round((mk - mb) / mb * 100, 1),
-                                    "collector": round((mc - mb) / mb * 100, 1)},
+                                    "collector": round((mc - mb) / mb * 100, 1),
+                                    "filtered": round((mf - mb) / mb * 100, 1)},
+            "filtered_events_seen": seen, "filtered_events_emitted": emitted,
             "rounds": rounds, "ops_per_round": ops,
             "events_lost_at_full_speed": lost, "runs": {m: [round(x, 3) for x in v] for m, v in runs.items()}}
+
+
+async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset) -> dict | None:
+    """A small build without and with the collector (default rules in the kernel): overhead on its wall
+    time, and what the kernel dropped of what its hooks saw."""
+    argv = load.build_argv(compiles)
+    if argv is None:
+        return None
+    runs: dict[str, list[float]] = {"baseline": [], "collector": []}
+    delta = {"seen": 0, "filtered": 0, "discarded": 0, "emitted": 0, "approved": 0}
+    published0 = h.collector.events
+    for _ in range(rounds):
+        for mode in runs:
+            h.attach(mode != "baseline")
+            h.rules(ruleset if mode != "baseline" else None)
+            c0 = h.file_counters()
+            n, ns = await h.run_load(argv, kafka=False)
+            runs[mode].append(ns / 1e9)
+            if mode == "collector":
+                c1 = h.file_counters()
+                for k in delta:
+                    delta[k] += c1[k] - c0[k]
+    h.rules(None)
+    b, c = min(runs["baseline"]), min(runs["collector"])
+    mb, mc = statistics.median(runs["baseline"]), statistics.median(runs["collector"])
+    dropped = delta["filtered"] + delta["discarded"]
+    return {"workload": f"{compiles} x cc -O2 -c (sh loop)", "baseline_s": round(b, 3), "collector_s": round(c, 3),
+            "overhead_pct": round((c - b) / b * 100, 1), "median_overhead_pct": round((mc - mb) / mb * 100, 1),
+            "kernel": delta, "kernel_filter_ratio": round(dropped / max(1, delta["seen"]), 4),
+            "published_events": h.collector.events - published0, "rounds": rounds,
+            "runs": {m: [round(x, 3) for x in v] for m, v in runs.items()}}
 
 
 async def zero_loss(h: Harness, load: Load, rates: list[int], seconds: float, kafka: bool) -> dict:
@@ -247,14 +323,26 @@ async def main_async(args) -> dict:
         results["load"] = "C openat+close loop" if load.binary else "Python ctypes loop (no C compiler)"
         settings = Settings(state_dir=Path(tmp) / "state", host="bench")
         h = Harness(settings, args.ringbuf_mb)
+        ruleset = load_rules(args.rules)
+        t0 = time.monotonic()
+        symlinks = h.collector.scan_symlinks()
+        results["symlink_scan"] = {"symlinks": symlinks, "seconds": round(time.monotonic() - t0, 1)}
+        results["rules"] = {"path": str(args.rules), "rules": len(ruleset.rules), "version": ruleset.version[:12]}
         try:
             print("overhead (openat+close over 1,000 files):", file=sys.stderr)
-            results["overhead"] = await overhead(h, load, args.ops, args.rounds)
+            results["overhead"] = await overhead(h, load, args.ops, args.rounds, ruleset)
             o = results["overhead"]
             print(f"  baseline {o['baseline_us_per_op']} us/op; sensors only {o['kernel_only_us_per_op']} us/op "
                   f"(+{o['kernel_overhead_pct']}%); whole collector {o['collector_us_per_op']} us/op "
-                  f"(+{o['overhead_pct']}%, {o['events_lost_at_full_speed']} events lost at full speed)",
-                  file=sys.stderr)
+                  f"(+{o['overhead_pct']}%, {o['events_lost_at_full_speed']} events lost at full speed); "
+                  f"rules in the kernel {o['filtered_us_per_op']} us/op (+{o['filtered_overhead_pct']}%, "
+                  f"{o['filtered_events_emitted']} of {o['filtered_events_seen']} events emitted)", file=sys.stderr)
+            print("realistic workload (a small build):", file=sys.stderr)
+            results["realistic"] = r = await realistic(h, load, args.compiles, args.rounds, ruleset)
+            if r:
+                print(f"  {r['workload']}: {r['baseline_s']} s without, {r['collector_s']} s with the collector "
+                      f"(+{r['overhead_pct']}%); in-kernel filter ratio {r['kernel_filter_ratio']:.2%} "
+                      f"({r['kernel']['seen']} seen, {r['kernel']['emitted']} emitted)", file=sys.stderr)
             print("zero-loss rate, drained + encoded:", file=sys.stderr)
             results["drain"] = await zero_loss(h, load, args.rates, args.seconds, kafka=False)
             if not args.no_kafka:
@@ -288,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")],
                    default=[25_000, 50_000, 75_000, 100_000, 150_000, 200_000, 250_000, 300_000])
     p.add_argument("--ringbuf-mb", type=int, default=32)
+    p.add_argument("--rules", type=Path, default=Path(__file__).resolve().parents[1] / "rules",
+                   help="rules loaded into the kernel for the filtered and realistic runs (default: the pack)")
+    p.add_argument("--compiles", type=int, default=30, help="compilations per realistic-workload round")
     p.add_argument("--no-kafka", action="store_true")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
@@ -301,7 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         o = results["overhead"]
         print(f"openat+close: {o['baseline_us_per_op']} us/op without, {o['kernel_only_us_per_op']} us/op with the "
               f"sensors (+{o['kernel_overhead_pct']}%), {o['collector_us_per_op']} us/op with the whole collector "
-              f"(+{o['overhead_pct']}%)")
+              f"(+{o['overhead_pct']}%), {o['filtered_us_per_op']} us/op with the rules in the kernel "
+              f"(+{o['filtered_overhead_pct']}%)")
+        r = results.get("realistic")
+        if r:
+            print(f"realistic workload ({r['workload']}): +{r['overhead_pct']}% wall time; in-kernel filter ratio "
+                  f"{r['kernel_filter_ratio']:.2%}")
         for name in ("drain", "kafka"):
             if name in results:
                 best = results[name]["highest_zero_loss"]

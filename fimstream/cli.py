@@ -53,11 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_run_broker)
 
+    p = sub.add_parser("bench", help="run a benchmark from bench/ (collector, pipeline, rules, k8s, sink, "
+                                     "enforce) and print its figures; arguments after the name go to it")
+    p.add_argument("name")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run_bench)
+
     from fimstream.cli_store import add_subparsers as add_store_commands
     from fimstream.rules.cli import add_subparsers as add_rules_commands
     add_store_commands(sub, _common, settings_from)
     add_rules_commands(sub)
     return parser
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    """bench/bench_<name>.py of the source tree (benchmarks are not part of the installed package)."""
+    import importlib.util
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    path = bench_dir / f"bench_{args.name}.py"
+    if not path.exists():
+        names = sorted(p.stem[len("bench_"):] for p in bench_dir.glob("bench_*.py"))
+        print(f"no benchmark '{args.name}' in {bench_dir}; available: {', '.join(names) or 'none'}", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location(f"fimstream_bench_{args.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(bench_dir))
+    spec.loader.exec_module(module)
+    sys.argv = [str(path), *args.args]  # each benchmark parses its own arguments
+    return module.main() or 0
 
 
 def _run_broker(args: argparse.Namespace) -> int:
