@@ -87,3 +87,18 @@ def only(events, type_name: str, path: bytes | None = None):
     found = [e for e in events if e.type_name == type_name and (path is None or (e.file and e.file.path == path))]
     assert len(found) == 1, f"expected one {type_name} {path!r}, got {found} among {events}"
     return found[0]
+
+
+def b(path) -> bytes:
+    return os.fsencode(path)
+
+
+@pytest.fixture
+def d(tmp_path):
+    """The test's directory with symlinks resolved (/tmp may be one): the path the kernel reports."""
+    return tmp_path.resolve()
+
+
+def under(events, type_name: str, d):
+    """Events of one type whose file is under d."""
+    return [e for e in events if e.type_name == type_name and e.file and e.file.path.startswith(b(d))]

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from .conftest import only, root_only, syscall
+from .conftest import b, only, root_only, syscall, under
 
 pytestmark = root_only
 
@@ -25,17 +25,7 @@ OPEN_TREE_CLONE = 1
 MOVE_MOUNT_F_EMPTY_PATH = 4
 
 
-def b(path) -> bytes:
-    return os.fsencode(path)
 
-
-@pytest.fixture
-def d(tmp_path):
-    return tmp_path.resolve()
-
-
-def mine(events, type_name, d):
-    return [e for e in events if e.type_name == type_name and e.file and e.file.path.startswith(b(d))]
 
 
 # ------------------------------------------------------------------------------------------- write
@@ -54,7 +44,7 @@ def test_first_write_per_open_only(capture, d):
         os.write(fd, b"z")
         os.close(fd)
 
-    events = mine(capture(act), "write", d)
+    events = under(capture(act), "write", d)
     assert [(e.syscall, e.file.path) for e in events] == [("write", b(f)), ("pwrite64", b(f))]
     assert events[0].flags & os.O_APPEND and events[0].file.ino == os.stat(f).st_ino
 
@@ -82,7 +72,7 @@ def test_truncate_and_ftruncate(capture, d):
         os.ftruncate(fd, 2)
         os.close(fd)
 
-    events = mine(capture(act), "truncate", d)
+    events = under(capture(act), "truncate", d)
     assert [(e.syscall, e.file.path, e.retval, e.attrs) for e in events] == [
         ("truncate", b(f), 0, {"length": "4"}), ("ftruncate", b(f), 0, {"length": "2"})]
     assert all(e.file.ino == os.stat(f).st_ino for e in events)
@@ -98,7 +88,7 @@ def test_link_and_linkat(capture, d):
         syscall(SYS_link, ctypes.c_char_p(b(d / "orig")), ctypes.c_char_p(b(d / "l1")))
         os.link("orig", "l2", src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=True)  # linkat(.., AT_SYMLINK_FOLLOW)
 
-    events = mine(capture(act), "link", d)
+    events = under(capture(act), "link", d)
     os.close(dfd)
     got = [(e.syscall, e.file.path, e.target.path, e.retval) for e in events]
     assert got == [("link", b(d / "orig"), b(d / "l1"), 0), ("linkat", b(d / "orig"), b(d / "l2"), 0)]
@@ -114,7 +104,7 @@ def test_symlink_and_symlinkat_keep_the_text_as_written(capture, d):
         syscall(SYS_symlink, ctypes.c_char_p(b"/etc/shadow"), ctypes.c_char_p(b(d / "s1")))
         os.symlink("../x/./y", "s2", dir_fd=dfd)  # symlinkat: the text is never resolved
 
-    events = mine(capture(act), "symlink", d)
+    events = under(capture(act), "symlink", d)
     os.close(dfd)
     got = [(e.syscall, e.file.path, e.target.path) for e in events]
     assert got == [("symlink", b(d / "s1"), b"/etc/shadow"), ("symlinkat", b(d / "s2"), b"../x/./y")]
@@ -129,7 +119,7 @@ def test_mkdir_and_mkdirat(capture, d):
         syscall(SYS_mkdir, ctypes.c_char_p(b(d / "m1")), ctypes.c_int(0o750))
         os.mkdir("m2", 0o700, dir_fd=dfd)
 
-    events = mine(capture(act), "mkdir", d)
+    events = under(capture(act), "mkdir", d)
     os.close(dfd)
     assert [(e.syscall, e.file.path, e.mode) for e in events] == [("mkdir", b(d / "m1"), 0o750),
                                                                  ("mkdirat", b(d / "m2"), 0o700)]
@@ -141,7 +131,7 @@ def test_mknod_and_mknodat(capture, d):
         syscall(SYS_mknod, ctypes.c_char_p(b(d / "fifo")), ctypes.c_int(stat.S_IFIFO | 0o600), ctypes.c_uint(0))
         os.mknod(d / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # mknodat
 
-    events = mine(capture(act), "mknod", d)
+    events = under(capture(act), "mknod", d)
     got = [(e.syscall, e.file.path, e.mode, e.attrs) for e in events]
     assert got == [("mknod", b(d / "fifo"), stat.S_IFIFO | 0o600, None),
                    ("mknodat", b(d / "null"), stat.S_IFCHR | 0o600, {"rdev": "1:3"})]
@@ -162,7 +152,7 @@ def test_setxattr_family_names_the_attribute(capture, d):
         os.close(fd)
         os.setxattr(d / "xl", "user.d", b"4")  # setxattr follows the symlink
 
-    events = mine(capture(act), "setxattr", d)
+    events = under(capture(act), "setxattr", d)
     got = [(e.syscall, e.file.path, e.attrs["name"], e.retval) for e in events]
     assert got == [("setxattr", b(f), "user.a", 0), ("lsetxattr", b(f), "user.b", 0),
                    ("fsetxattr", b(f), "user.c", 0), ("setxattr", b(f), "user.d", 0)]
@@ -182,7 +172,7 @@ def test_mmap_shared_writable_only(capture, d):
             m.close()
         os.close(fd)
 
-    events = mine(capture(act), "mmap", d)
+    events = under(capture(act), "mmap", d)
     assert len(events) == 1, events
     ev = events[0]
     assert ev.flags & 0xFFFFFFFF == mmap.PROT_READ | mmap.PROT_WRITE and (ev.flags >> 32) & mmap.MAP_SHARED
@@ -232,7 +222,7 @@ def test_mount_umount_and_move_mount(capture, d):
     assert got[0] == ("mount", b"tmpfs", b(d / "mnt"), {"fs_type": "tmpfs"})
     assert got[1][:3] == ("mount", b(d / "src"), b(d / "mnt")) and mounts[1].flags & MS_BIND
     assert got[2][0] == "move_mount" and got[2][2] == b(d / "mnt2")
-    umounts = [(e.syscall, e.file.path, e.retval) for e in mine(events, "umount", d)]
+    umounts = [(e.syscall, e.file.path, e.retval) for e in under(events, "umount", d)]
     assert umounts == [("umount2", b(d / "mnt"), 0), ("umount2", b(d / "mnt"), 0), ("umount2", b(d / "mnt2"), 0)]
 
 

@@ -13,24 +13,14 @@ import pytest
 
 from fimstream.collector.policy import HF_APPROVED, HF_UNSURE
 
-from .conftest import root_only, syscall
+from .conftest import b, root_only, syscall, under
 from .filtering import FILE_KINDS, filtering  # noqa: F401 - the fixture
 
 pytestmark = root_only
 SYS_unlink = 87
 
 
-def b(path) -> bytes:
-    return os.fsencode(path)
 
-
-@pytest.fixture
-def d(tmp_path):
-    return tmp_path.resolve()
-
-
-def of(events, type_name, d):
-    return [e for e in events if e.type_name == type_name and e.file and e.file.path.startswith(b(d))]
 
 
 def unlink_str(path) -> int:
@@ -119,14 +109,14 @@ def test_kernel_discarders_drop_repeats_and_a_rename_of_an_ancestor_invalidates_
         for i in range(50):
             os.close(os.open(leaf / f"f{i}", os.O_RDONLY))
 
-    assert of(capture(opens), "open", d) == []
+    assert under(capture(opens), "open", d) == []
     delta = filtering.delta(filtering.counters(), before)["open"]
     assert delta["discarded"] >= 45, delta  # the first open walked the path and learned the directory
 
     # the directory keeps its dentry, parent and name: only the epoch says its path changed
     os.rename(d / "a", d / "watched" / "a")
     moved = d / "watched" / "a" / "b" / "plain"
-    events = of(capture(lambda: os.close(os.open(moved / "f0", os.O_RDONLY))), "open", d)
+    events = under(capture(lambda: os.close(os.open(moved / "f0", os.O_RDONLY))), "open", d)
     assert [e.file.path for e in events] == [b(moved / "f0")]
 
 
@@ -139,7 +129,7 @@ def test_rule_discarders_learned_from_emitted_events(filtering, capture, d):
     filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/**" && open.file.path !~ "{d}/skip/**"\n')
     assert filtering.ruleset.can_discard("open", directory=b(d / "skip"))
     learned = filtering.collector.filter.stats["learned"]
-    first = of(capture(lambda: os.close(os.open(d / "skip/f0", os.O_RDONLY))), "open", d)
+    first = under(capture(lambda: os.close(os.open(d / "skip/f0", os.O_RDONLY))), "open", d)
     assert len(first) == 1 and filtering.matches(filtering.ruleset, first[0]) == []
     assert filtering.collector.filter.stats["learned"] == learned + 1
     before = filtering.counters()
@@ -148,7 +138,7 @@ def test_rule_discarders_learned_from_emitted_events(filtering, capture, d):
         for i in range(1, 20):
             os.close(os.open(d / f"skip/f{i}", os.O_RDONLY))
 
-    assert of(capture(rest), "open", d) == []
+    assert under(capture(rest), "open", d) == []
     assert filtering.delta(filtering.counters(), before)["open"]["discarded"] >= 19
 
 
@@ -163,11 +153,11 @@ def test_a_reload_swaps_the_policy_and_forgets_discarders(filtering, capture, d)
             for sub in ("a", "b"):
                 os.close(os.open(d / sub / "f", os.O_RDONLY))
 
-    assert {e.file.path for e in of(capture(both), "open", d)} == {b(d / "a/f")}  # b/ learned as discardable
+    assert {e.file.path for e in under(capture(both), "open", d)} == {b(d / "a/f")}  # b/ learned as discardable
     gen = filtering.collector.filter.gen
     filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/b/**"\n')
     assert filtering.collector.filter.gen == gen ^ 1
-    assert {e.file.path for e in of(capture(both), "open", d)} == {b(d / "b/f")}
+    assert {e.file.path for e in under(capture(both), "open", d)} == {b(d / "b/f")}
 
 
 # ----------------------------------------------------------------------- path strings and symlinks
@@ -194,7 +184,7 @@ def test_path_strings_through_symlinks_or_dots_reach_userspace(filtering, captur
         unlink_str(f"{d}/watched/f5")  # plain and approved
         unlink_str(d / "other" / "o")  # plain and not: filtered in the kernel
 
-    events = of(capture(act), "unlink", d)
+    events = under(capture(act), "unlink", d)
     got = [(e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in events]
     assert got == [(b(d / f"watched/f{i}"), i < 5) for i in range(6)]
 
@@ -213,7 +203,7 @@ def test_path_strings_judged_lexically_are_filtered_in_the_kernel(filtering, cap
                 pass
             unlink_str(d / "other" / f"missing{i}")
 
-    assert of(capture(act), "unlink", d) == []
+    assert under(capture(act), "unlink", d) == []
     delta = filtering.delta(filtering.counters(), before)
     assert delta["unlink"]["filtered"] >= 20 and delta["unlink"]["emitted"] <= delta["unlink"]["seen"] - 20
 
@@ -227,10 +217,10 @@ def test_first_write_is_judged_again_after_a_reload(filtering, capture, d):
     other = os.open(d / "o", os.O_CREAT | os.O_WRONLY, 0o600)
     try:
         first = capture(lambda: [os.write(fd, b"x"), os.write(fd, b"x"), os.write(other, b"y")])
-        assert [e.file.path for e in of(first, "write", d)] == [b(d / "w/f")]
-        assert of(capture(lambda: os.write(fd, b"x")), "write", d) == []
+        assert [e.file.path for e in under(first, "write", d)] == [b(d / "w/f")]
+        assert under(capture(lambda: os.write(fd, b"x")), "write", d) == []
         filtering.use(rules + "  - id: other\n    expression: write.file.path == \"/nonexistent\"\n")
-        assert [e.file.path for e in of(capture(lambda: os.write(fd, b"x")), "write", d)] == [b(d / "w/f")]
+        assert [e.file.path for e in under(capture(lambda: os.write(fd, b"x")), "write", d)] == [b(d / "w/f")]
     finally:
         os.close(fd)
         os.close(other)
@@ -270,5 +260,5 @@ def test_a_callers_fd_through_proc_self_is_judged_by_its_file(filtering, capture
             os.chmod(f"/proc/self/fd/{fd}", 0o600)
             os.close(fd)
 
-    events = of(capture(act), "chmod", d)
+    events = under(capture(act), "chmod", d)
     assert [(e.file.path, e.hdr[1] & (HF_APPROVED | HF_UNSURE)) for e in events] == [(b(d / "watched/f"), HF_APPROVED)]

@@ -12,16 +12,9 @@ import pytest
 from fimstream.collector import records as R
 from fimstream.collector.paths import lexical, resolve_in_root
 
-from .conftest import only, root_only
+from .conftest import b, only, root_only
 
 
-def b(path) -> bytes:
-    return os.fsencode(path)
-
-
-@pytest.fixture
-def d(tmp_path):
-    return tmp_path.resolve()
 
 
 def opened(capture, open_fn):

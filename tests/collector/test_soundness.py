@@ -95,10 +95,6 @@ def run(capture, argv) -> list:
     return capture(lambda: subprocess.run(argv, check=True), children=True, settle=0.3)
 
 
-@pytest.fixture
-def d(tmp_path):
-    return tmp_path.resolve()
-
 
 def _cleanup(d: Path) -> None:
     for p in d.iterdir():

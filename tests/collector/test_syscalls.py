@@ -13,7 +13,7 @@ import pytest
 from fimstream.collector.event import H_AUID, H_COMM, H_EGID, H_EUID, H_GID, H_PPID, H_SESSION, H_TID, H_UID
 from fimstream.collector.records import PF_UNRESOLVED
 
-from .conftest import only, root_only, syscall
+from .conftest import b, only, root_only, syscall
 
 pytestmark = root_only
 
@@ -25,13 +25,6 @@ AT_EMPTY_PATH = 0x1000
 RENAME_NOREPLACE = 1
 
 
-def b(path) -> bytes:
-    return os.fsencode(path)
-
-
-@pytest.fixture
-def d(tmp_path):
-    return tmp_path.resolve()
 
 
 class OpenHow(ctypes.Structure):
