@@ -12,6 +12,9 @@ event, the event satisfies at least one of the rule's approvers. An approver is 
     exe       the process executable has this path
     flags     event.flags & mask != 0 (a type-wide approver)
     mode      event.mode & mask != 0 (the mode argument of chmod/create/mkdir/mknod/open; type-wide)
+    attr      a bool field of the record is true (exec.file.deleted, exec.file.upper_layer, exec.setuid,
+              exec.setgid; type-wide): tested by the collector on the decoded record before publishing,
+              for record kinds the kernel passes anyway (exec: the process cache needs every one)
 
 Path/name/prefix/exe approvers carry a `flags` mask too: 0 means any flags, else the event must also have
 one of those bits (e.g. writes under /etc: prefix "/etc/" with O_WRONLY|O_RDWR|O_CREAT|O_TRUNC).
@@ -39,14 +42,14 @@ from .ir import And, Atom, Const, IpMember, Member, Not, Or, Rel, Truth, VBit, V
 from .patterns import glob_covers, glob_possible_under
 
 # --------------------------------------------------------------------------------------- approvers
-_KIND_COST = {"path": 1, "name": 2, "exe": 3, "prefix": 4, "flags": 8, "mode": 8}
+_KIND_COST = {"path": 1, "name": 2, "exe": 3, "prefix": 4, "attr": 6, "flags": 8, "mode": 8}
 
 
 @dataclass(frozen=True)
 class Approver:
-    kind: str  # path | name | prefix | exe | flags | mode
-    slot: str | None  # file | target for path/name/prefix; None for exe/flags
-    value: object  # bytes, or the mask for kind flags
+    kind: str  # path | name | prefix | exe | flags | mode | attr
+    slot: str | None  # file | target for path/name/prefix; None for exe/flags/attr
+    value: object  # bytes, the mask for kind flags/mode, the field name for attr
     flags: int = 0  # extra flags mask required (0: any)
 
 
@@ -89,6 +92,8 @@ def _bit_mask(atom) -> tuple[str, int] | None:
 
 def atom_approvers(atom) -> frozenset | None:
     """Approvers covering one atom, or None if the kernel cannot test it."""
+    if isinstance(atom, Truth) and (f := _field_of(atom.value)) is not None and f.role == "attr":
+        return None if atom.negated else frozenset([Approver("attr", None, f.name)])
     bits = _bit_mask(atom)
     if bits is not None:
         return frozenset() if bits[1] == 0 else frozenset([Approver(bits[0], None, bits[1])])
@@ -180,6 +185,7 @@ class TypePolicy:
     exe_inodes: dict = field(default_factory=dict)  # {(st_dev, st_ino): flags mask}
     flags: int = 0  # pass any event with event.flags & flags != 0 (0: no such approver)
     mode_bits: int = 0  # pass any event with event.mode & mode_bits != 0 (0: no such approver)
+    attrs: tuple = ()  # pass any event on which one of these bool fields is true (judged in userspace)
     rules: tuple = ()  # rule ids evaluated for this type
     reasons: tuple = ()  # mode "pass": the rule ids that cannot be filtered in the kernel
 
@@ -194,6 +200,12 @@ class TypePolicy:
             return True
         if self.mode_bits and event.get("mode", 0) & self.mode_bits:
             return True
+        for name in self.attrs:
+            try:
+                if catalog.FIELDS[name].read(event):
+                    return True
+            except (KeyError, TypeError):  # the view lacks what the field reads: unknown, so pass
+                return True
         for slot, key in (("file", "file"), ("target", "target")):
             rec = event.get(key)
             if rec is None:
@@ -256,6 +268,8 @@ class KernelPolicy:
                     d["flags"] = tp.flags
                 if tp.mode_bits:
                     d["mode_bits"] = tp.mode_bits
+                if tp.attrs:
+                    d["attrs"] = list(tp.attrs)
             out["types"][t] = d
         return out
 
@@ -302,6 +316,9 @@ def kernel_policy(ruleset, resolve_inodes: bool = True) -> KernelPolicy:
                     tp.flags |= a.value
                 elif a.kind == "mode":
                     tp.mode_bits |= a.value
+                elif a.kind == "attr":
+                    if a.value not in tp.attrs:
+                        tp.attrs += (a.value,)
                 elif a.kind == "exe":
                     _merge(tp.exes, a.value, a.flags)
                     if resolve_inodes and (key := stat(a.value)) is not None:

@@ -130,6 +130,8 @@ def cmd_explain(args) -> int:
             print(f"    flags & {tp.flags:#o}")
         if tp.mode_bits:
             print(f"    mode argument & {tp.mode_bits:#o}")
+        if tp.attrs:
+            print(f"    (tested by the collector before publishing) {' or '.join(tp.attrs)}")
         for rid in tp.rules:
             a = tree_approvers(rs.by_id[rid].specialized[t])
             print(f"  - {rid}: {len(a)} approver(s)" if a else f"  - {rid}: never matches {t}")

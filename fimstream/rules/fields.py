@@ -78,7 +78,9 @@ class Field:
     code: str
     event_types: frozenset | None = None  # None: defined for every event
     each: str | None = None  # array fields: the iterable; `code` then reads element X
-    role: str | None = None  # what the kernel can test: path | name | exe | flags | mode (approvers.py)
+    # what the collector can test before publishing (approvers.py): path | name | exe | flags | mode in the
+    # kernel; attr (a bool of the decoded record) in userspace, for records the kernel does not judge (exec)
+    role: str | None = None
     slot: str | None = None  # for role path/name: which file of the event: "file" or "target"
     key: str | None = None  # family fields (k8s.labels.<key>): the key
 
@@ -144,7 +146,8 @@ def _file_fields(prefix: str, var: str, what: str, types: frozenset, slot: str) 
         Field(f"{prefix}.gid", "int", f"Owner gid of {what}, before the change.", f'{var}["gid"]', types),
         Field(f"{prefix}.nlink", "int", f"Hard link count of {what}.", f'{var}["nlink"]', types),
         Field(f"{prefix}.deleted", "bool", f"{what[0].upper() + what[1:]} was already unlinked (deleted) "
-              "when the event happened.", f'{var}["path_flags"] & 8 != 0', types),
+              "when the event happened.", f'{var}["path_flags"] & 8 != 0', types,
+              role="attr" if types == frozenset(["exec"]) else None),
         Field(f"{prefix}.path_resolved", "bool", f"The kernel resolved the full path of {what} (false: "
               "truncated, too deep, or the caller's unresolved string).", f'{var}["path_flags"] & 7 == 0', types),
     ]
@@ -180,7 +183,7 @@ def _build() -> dict[str, Field]:
               one("exec")),
         Field("exec.file.upper_layer", "bool", "The executed file lives in the writable (upper) layer of the "
               "container's overlay filesystem, i.e. it was written or changed after the container started "
-              '(collector sets attrs["upper_layer"]="1").', 'A.get("upper_layer") == "1"', one("exec")),
+              '(collector sets attrs["upper_layer"]="1").', 'A.get("upper_layer") == "1"', one("exec"), role="attr"),
         Field("exec.file.change_age", "duration", "Time between the executed file's last inode change (ctime: "
               "written, created, chmod, chown, renamed) and the exec; a file dropped and run at once is young "
               "(-1 when unknown, which no `<`/`>` comparison matches).", '_since(E, F["ctime_ns"])', one("exec")),
@@ -188,9 +191,9 @@ def _build() -> dict[str, Field]:
               "(mtime, which `touch -d` can fake; prefer change_age) and the exec (-1 when unknown).",
               '_since(E, F["mtime_ns"])', one("exec")),
         Field("exec.setuid", "bool", "The exec changed the effective uid: a set-user-ID file.",
-              'C["new_euid"] != C["old_euid"]', one("exec")),
+              'C["new_euid"] != C["old_euid"]', one("exec"), role="attr"),
         Field("exec.setgid", "bool", "The exec changed the effective gid: a set-group-ID file.",
-              'C["new_egid"] != C["old_egid"]', one("exec")),
+              'C["new_egid"] != C["old_egid"]', one("exec"), role="attr"),
         Field("exec.caps_gained", "int", "Effective capabilities the exec added (set-user-ID root or file "
               "capabilities; test with CAP_* masks).", 'C["new_caps"] & ~C["old_caps"]', one("exec")),
         # mount

@@ -93,8 +93,8 @@ class Compiled:
             if kind is None:
                 continue
             has = HAS_LEARN if learn and tp.mode != "drop" and kind in KERNEL_KINDS else 0
-            if tp.mode != "filter":
-                self.types[kind] = (MODE[tp.mode], has, 0, 0, 0)
+            if tp.mode != "filter" or (tp.attrs and kind in KERNEL_KINDS):  # attrs: a userspace-only test
+                self.types[kind] = (MODE["pass" if tp.mode == "filter" else tp.mode], has, 0, 0, 0)
                 continue
             masked = 0
             for slot_name, slot in SLOTS.items():
@@ -401,11 +401,13 @@ class KernelFilter:
 
 
 def event_view(ev, procs) -> dict:
-    """The fields KernelPolicy.passes reads, from a decoded Event."""
-    out = {"event_type": EVENT_TYPES[ev.type], "flags": ev.flags, "mode": ev.mode}
+    """The fields KernelPolicy.passes reads, from a decoded Event (attr approvers: path flags, attrs, cred)."""
+    out = {"event_type": EVENT_TYPES[ev.type], "flags": ev.flags, "mode": ev.mode, "attrs": ev.attrs or {}}
     for slot in ("file", "target"):
         f = getattr(ev, slot)
-        out[slot] = None if f is None else {"path": f.path, "dev": f.dev, "ino": f.ino}
+        out[slot] = None if f is None else {"path": f.path, "dev": f.dev, "ino": f.ino, "path_flags": f.flags}
+    c = ev.cred
+    out["cred"] = None if c is None else {name: getattr(c, name) for name in c.__slots__}
     info = procs.procs.get(ev.pid)
     out["process"] = {"exe": info.exe, "exe_dev": info.exe_dev, "exe_ino": info.exe_ino} if info else \
         {"exe": b"", "exe_dev": 0, "exe_ino": 0}

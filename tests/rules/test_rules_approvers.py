@@ -261,3 +261,21 @@ def test_default_pack_fixtures_are_approved_and_not_discarded():
                 if path:
                     assert not any(rs.can_discard(ev["event_type"], directory=d) for d in ancestors(path))
     assert n > 40
+
+
+def test_bool_attributes_of_exec_are_approvers_the_collector_tests_before_publishing():
+    rs = one('exec.setuid && process.uid != 0 && !(exec.file.path in ["/usr/bin/sudo"])')
+    tp = rs.kernel_policy(resolve_inodes=False).types["exec"]
+    assert tp.mode == "filter" and tp.attrs == ("exec.setuid",)
+    cred = {"old_uid": 1000, "old_euid": 1000, "old_gid": 1000, "old_egid": 1000, "new_uid": 1000,
+            "new_euid": 0, "new_gid": 1000, "new_egid": 1000, "old_caps": 0, "new_caps": 0}
+    assert tp.passes(enriched_event("exec", "/usr/bin/passwd", cred=cred))
+    assert not tp.passes(enriched_event("exec", "/usr/bin/ls", cred=dict(cred, new_euid=1000)))
+    assert not tp.passes(enriched_event("exec", "/usr/bin/ls"))  # no credential change known
+    tp = one('exec.file.deleted').kernel_policy(resolve_inodes=False).types["exec"]
+    assert tp.passes(enriched_event("exec", "/x (deleted)", file=file_record("/x (deleted)", path_flags=8)))
+    assert not tp.passes(enriched_event("exec", "/x"))
+    # a negated attribute, or one on a view that lacks it, covers nothing / passes
+    assert one('!exec.file.upper_layer').kernel_policy(resolve_inodes=False).types["exec"].mode == "pass"
+    up = one('exec.file.upper_layer').kernel_policy(resolve_inodes=False).types["exec"]
+    assert up.passes({"event_type": "exec", "flags": 0, "process": {"exe": b""}})

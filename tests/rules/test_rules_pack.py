@@ -65,7 +65,7 @@ def test_cli_lint_test_explain_docs(capsys, tmp_path):
     assert "0 rule(s) missing fixtures" in capsys.readouterr().out
     assert main(["rules", "explain", str(PACK), "--no-inodes"]) == 0
     out = capsys.readouterr().out
-    assert "open: FILTER" in out and "exec: PASS" in out and "dropped in the kernel" in out
+    assert "open: FILTER" in out and "exec: FILTER" in out and "exec.setuid" in out and "dropped in the kernel" in out
     assert main(["rules", "explain", str(PACK), "--json", "--no-inodes"]) == 0
     assert '"mode": "filter"' in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
