@@ -181,10 +181,11 @@ def bench_latency(seconds: float, rate: float) -> dict:
                 time.sleep(max(0.0, 1 / rate - (time.monotonic() - t)))
             time.sleep(5)
             sql = (f"SELECT toUnixTimestamp64Milli(inserted_at) - intDiv(toUnixTimestamp64Nano(event_time), 1000000) AS ms "
-                   f"FROM alerts FINAL WHERE rule_id = 'etc_write' AND event_type = 'create' AND startsWith(file_path, '{d}/') "
-                   f"FORMAT JSONEachRow")
+                   f"FROM alerts FINAL WHERE rule_id = 'etc_write' AND event_type = 'create' AND startsWith(file_path, '{d}/')")
             out = subprocess.run([sys.executable, "-m", "fimstream", "query", "--format", "json", sql], env=env,
                                  capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f"query failed: {out.stderr.strip()}")
             lat = sorted(json.loads(line)["ms"] for line in out.stdout.splitlines() if line.strip())
             for p in d.iterdir():
                 p.unlink()

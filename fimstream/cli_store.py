@@ -31,6 +31,7 @@ from fimstream import store
 from fimstream.config import Settings
 from fimstream.schemas.codec import text
 
+TRAILING_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.I)
 READ_STATEMENT = re.compile(r"^\s*(\(|SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.I)
 FORMATS = ("table", "json", "csv", "tsv")
 SINCE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -202,7 +203,13 @@ def query_main(settings: Settings, sql: str, fmt: str = "table", write: bool = F
     direct = where.startswith("embedded")
     t0 = time.monotonic()
     try:
-        if READ_STATEMENT.match(sql):
+        if READ_STATEMENT.match(sql) and TRAILING_FORMAT.search(sql):
+            # the statement names its own output format: ClickHouse's bytes, as they come
+            settings = {} if raw else {"final": "1"}
+            if direct and not write:
+                settings["readonly"] = "2"
+            out.write(client.raw_query(sql, settings=settings).decode("utf-8", "surrogateescape"))
+        elif READ_STATEMENT.match(sql):
             names, rows = run_query(client, sql, raw=raw, readonly=direct and not write)
             if names:  # an empty result carries no columns over Native
                 write_rows(out, names, rows, fmt)

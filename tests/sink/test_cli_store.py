@@ -54,6 +54,8 @@ def _checks(settings, where):
     assert row["file_path"] == ODD.decode("utf-8", "backslashreplace") and len(row["time"].split(".")[1]) == 9
     code, out, _ = _run(cli_store.query_main, settings, "SELECT event_type FROM events ORDER BY 1", fmt="csv")
     assert out == "event_type\ncreate\nopen\n"
+    code, out, _ = _run(cli_store.query_main, settings, "SELECT event_type FROM events ORDER BY 1 FORMAT JSONEachRow")
+    assert code == 0 and out == '{"event_type":"create"}\n{"event_type":"open"}\n'  # the statement's own format
     code, out, err = _run(cli_store.query_main, settings, "SELECT nope FROM events")
     assert code == 1 and err.startswith("fimstream: Code: 47.") and "UNKNOWN_IDENTIFIER" in err
     code, _, err = _run(cli_store.query_main, settings, "DROP TABLE events")
