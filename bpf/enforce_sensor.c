@@ -222,20 +222,8 @@ static __always_inline u32 enf_str_path(struct scratch *s, struct enf_buf *b, ch
     u32 n = 0;
     if (two[0] != '/') {
         u64 dentry, vfsmnt;
-        if ((int)dfd == AT_FDCWD_) {
-            WIN_BUF(fs, W_FS);
-            READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
-            vfsmnt = WIN64(fs, W_FS, O_FS_PWD + O_PATH_MNT);
-            dentry = WIN64(fs, W_FS, O_FS_PWD + O_PATH_DENTRY);
-        } else {
-            u64 file = fd_file(s, (int)dfd);
-            if (!file)
-                return 0;
-            WIN_BUF(f, W_FILE);
-            READ_WIN(f, W_FILE, file);
-            vfsmnt = WIN64(f, W_FILE, O_FILE_PATH_MNT);
-            dentry = WIN64(f, W_FILE, O_FILE_PATH_DENTRY);
-        }
+        if (!dfd_base(s, dfd, &dentry, &vfsmnt))
+            return 0;
         walk(s, dentry, vfsmnt);
         u32 pos = s->pos;
         opaque(pos);

@@ -345,6 +345,27 @@ static __always_inline u32 slot_file(struct scratch *s, struct file_info *fi, u6
     return WIN32(f, W_FILE, O_FILE_MODE);
 }
 
+/* The directory a path string is relative to: the cwd for AT_FDCWD, else the dirfd's file (0: no such fd).
+ * Needs s->task read for the current task. */
+static __always_inline int dfd_base(struct scratch *s, s64 dfd, u64 *dentry, u64 *vfsmnt)
+{
+    if ((int)dfd == AT_FDCWD_) {
+        WIN_BUF(fs, W_FS);
+        READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
+        *vfsmnt = WIN64(fs, W_FS, O_FS_PWD + O_PATH_MNT);
+        *dentry = WIN64(fs, W_FS, O_FS_PWD + O_PATH_DENTRY);
+        return 1;
+    }
+    u64 file = fd_file(s, (int)dfd);
+    if (!file)
+        return 0;
+    WIN_BUF(f, W_FILE);
+    READ_WIN(f, W_FILE, file);
+    *vfsmnt = WIN64(f, W_FILE, O_FILE_PATH_MNT);
+    *dentry = WIN64(f, W_FILE, O_FILE_PATH_DENTRY);
+    return 1;
+}
+
 /* A file slot from a path string the caller passed (no fd yet, or gone): the caller's string, plus
  * the true path of the directory it is relative to (dirfd or cwd) when it is relative. Userspace
  * joins and canonicalises them and clears PF_UNRESOLVED when it can (paths.py). */
@@ -357,20 +378,8 @@ static __always_inline void slot_user_path(struct scratch *s, struct file_info *
     if (fi->str_len && s->ev[off & EV_VAR_MASK] == '/')
         return;                                       /* absolute: relative to the process root */
     u64 dentry, vfsmnt;
-    if ((int)dfd == AT_FDCWD_) {
-        WIN_BUF(fs, W_FS);
-        READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
-        vfsmnt = WIN64(fs, W_FS, O_FS_PWD + O_PATH_MNT);
-        dentry = WIN64(fs, W_FS, O_FS_PWD + O_PATH_DENTRY);
-    } else {
-        u64 file = fd_file(s, (int)dfd);
-        if (!file)
-            return;
-        WIN_BUF(f, W_FILE);
-        READ_WIN(f, W_FILE, file);
-        vfsmnt = WIN64(f, W_FILE, O_FILE_PATH_MNT);
-        dentry = WIN64(f, W_FILE, O_FILE_PATH_DENTRY);
-    }
+    if (!dfd_base(s, dfd, &dentry, &vfsmnt))
+        return;
     fi->path_flags |= walk(s, dentry, vfsmnt);
     fi->path_len = append_walk(s);
 }

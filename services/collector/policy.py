@@ -177,27 +177,7 @@ class KernelFilter:
         """Compile the rule set's kernel policy, write it into the inactive generation and flip."""
         t0 = time.monotonic()
         compiled = Compiled(ruleset.kernel_policy(), learn=self.learn)
-        with self._lock:
-            new = self.gen ^ 1
-            wait = 1.0 - (time.monotonic() - self.last_flip)
-            if wait > 0:  # programs that read the old generation a moment ago are long done after this
-                time.sleep(wait)
-            self._clear(new)
-            self._write(new, compiled)
-            self._ps(PS_ON, 1)
-            self._ps(PS_GEN, new)  # flip, then invalidate what was learned before
-            self.pepoch += 1
-            self._ps(PS_PEPOCH, self.pepoch)
-            self.gen = new
-            self.last_flip = time.monotonic()
-            self.compiled = compiled
-            self.ruleset = ruleset
-            modes = [0] * len(EVENT_TYPES)
-            for name, tp in compiled.policy.types.items():
-                if name in TYPE_INDEX:
-                    modes[TYPE_INDEX[name]] = MODE[tp.mode]
-            self.modes = modes
-            self._discard_cache.clear()
+        self._flip(compiled, ruleset)
         self.stats["loads"] += 1
         self.stats["load_ms"] = round((time.monotonic() - t0) * 1000)
         log.info("kernel policy %s loaded into generation %d in %d ms: %d types, %d path entries, %d names, "
@@ -207,23 +187,29 @@ class KernelFilter:
 
     def unload(self) -> None:
         """Back to "no rules": every type passes (the same flip, with an empty policy)."""
+        self._flip(None, None)
+
+    def _flip(self, compiled: Compiled | None, ruleset) -> None:
         with self._lock:
             new = self.gen ^ 1
             wait = 1.0 - (time.monotonic() - self.last_flip)
-            if wait > 0:
+            if wait > 0:  # programs that read the old generation a moment ago are long done after this
                 time.sleep(wait)
             self._clear(new)
-            for kind in range(R.NKINDS):
-                self.fpolicy[ct.c_int(new * R.NKINDS + kind)] = self.fpolicy.Leaf()
-            self._ps(PS_ON, 0)
-            self._ps(PS_GEN, new)
+            self._write(new, compiled)
+            self._ps(PS_ON, int(compiled is not None))
+            self._ps(PS_GEN, new)  # flip, then invalidate what was learned before
             self.pepoch += 1
             self._ps(PS_PEPOCH, self.pepoch)
             self.gen = new
             self.last_flip = time.monotonic()
-            self.compiled = None
-            self.ruleset = None
-            self.modes = [0] * len(EVENT_TYPES)
+            self.compiled = compiled
+            self.ruleset = ruleset
+            modes = [0] * len(EVENT_TYPES)
+            for name, tp in (compiled.policy.types.items() if compiled else ()):
+                if name in TYPE_INDEX:
+                    modes[TYPE_INDEX[name]] = MODE[tp.mode]
+            self.modes = modes
             self._discard_cache.clear()
 
     def _ps(self, i: int, v: int) -> None:
@@ -245,12 +231,15 @@ class KernelFilter:
         ct.memmove(ct.addressof(k) + 4, raw, len(raw))
         return k
 
-    def _write(self, gen: int, c: Compiled) -> None:
+    def _write(self, gen: int, c: Compiled | None) -> None:
+        """A generation's entries (None: every type passes, no entries)."""
         for kind in range(R.NKINDS):
             v = self.fpolicy.Leaf()
-            mode, has, flags, mode_bits, masked = c.types.get(kind, (0, 0, 0, 0, 0))
+            mode, has, flags, mode_bits, masked = c.types.get(kind, (0, 0, 0, 0, 0)) if c else (0, 0, 0, 0, 0)
             v.mode, v.has, v.flags, v.mode_bits, v.masked = mode, has, flags, mode_bits, masked
             self.fpolicy[ct.c_int(gen * R.NKINDS + kind)] = v
+        if c is None:
+            return
         for (ino, dev, kind, slot), m in c.inodes.items():
             k = self.inodes.Key()
             k.ino, k.dev, k.gen, k.kind, k.slot = ino, dev, gen, kind, slot
