@@ -27,10 +27,11 @@ EVENT_TYPES = (
     "open", "create", "write", "truncate", "unlink", "rmdir", "rename", "chmod", "chown", "link",
     "symlink", "mkdir", "mknod", "mount", "umount", "setxattr", "mmap", "memfd_create",
     "exec", "fork", "exit", "connect", "accept", "bind",
-    "setuid", "setgid", "setgroups", "capset", "unshare", "setns",
+    "setuid", "setgid", "setgroups", "capset", "unshare", "setns", "loss",
 )
-"""Event types rules can select (the schema's EventType minus unknown/enforcement/loss, which the
-pipeline itself produces)."""
+"""Event types rules can select (the schema's EventType minus unknown and enforcement). `loss` is the
+collector's own report that events were lost (ring buffer full) or dropped (Kafka buffer full), so a rule
+can alert on blindness."""
 
 EMPTY_FILE = {"path": b"", "path_flags": 0, "dev": 0, "ino": 0, "nlink": 0, "mode": 0, "uid": -1, "gid": -1,
               "mtime_ns": 0, "ctime_ns": 0}
@@ -61,13 +62,19 @@ def _age(E, P, A):
     return E["time_ns"] - int(boot) - P["start_time_ns"]
 
 
+def _count(A, key):
+    """A counter the collector puts in attrs as text; 0 when absent or not a number."""
+    v = A.get(key, "0")
+    return int(v) if v.isdigit() else 0
+
+
 def _since(E, t):
     """Event time minus a wall-clock timestamp of the event (a file's ctime...); -1 when it was not read."""
     return E["time_ns"] - t if t else -1
 
 
 HELPERS = {"_EMPTY_FILE": EMPTY_FILE, "_EMPTY_NET": EMPTY_NET, "_EMPTY_CRED": EMPTY_CRED,
-           "_EMPTY_K8S": EMPTY_K8S, "_age": _age, "_since": _since}
+           "_EMPTY_K8S": EMPTY_K8S, "_age": _age, "_since": _since, "_count": _count}
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ class Field:
         found = set(_LOCAL_RE.findall(self.code + " " + (self.each or "")))
         if "_age(" in self.code:
             found |= {"P", "A"}
+        if "_count(" in self.code:
+            found.add("A")
         return tuple(name for name in LOCALS if name in found)
 
     def value_code(self) -> str:
@@ -211,6 +220,11 @@ def _build() -> dict[str, Field]:
               one("memfd_create")),
         # exit
         Field("exit.code", "int", "Exit status of the process.", 'E["exit_code"]', one("exit")),
+        # loss (made by the collector itself)
+        Field("loss.ringbuf_lost", "int", "Events the kernel could not put in the ring buffer since the last "
+              "loss report (the collector was not reading fast enough).", '_count(A, "ringbuf_lost")', one("loss")),
+        Field("loss.userspace_dropped", "int", "Events the collector dropped since the last loss report because "
+              "its Kafka buffer was full (broker down or too slow).", '_count(A, "userspace_dropped")', one("loss")),
     ]
     for t, side, what in (("connect", "remote", "address connected to"), ("accept", "remote", "peer address"),
                           ("bind", "local", "address bound")):
