@@ -58,30 +58,28 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
                        max_depth=max_depth, compile_seconds=round(collector.program.compile_seconds, 2),
                        failed_sensors=collector.program.failed)
     health.add_source(stats.health)
-    rules = CollectorRules(settings, health)
-    if settings.kernel_filter:
-        # symlinks first: until a namespace is scanned its path strings are judged here, not in the kernel
-        found = await loop.run_in_executor(None, collector.scan_symlinks)
-        health.info["symlinks_scanned"] = found
-        rules.on_rules("kernel filter", collector.load_rules)
-        health.add_source(collector.filter_counters)
-    enforcement = None
-    if settings.enforce:  # kill/deny rules: after the self-check and our own exclusion, before "running"
-        from fimstream.collector.enforce import EnforcementStage
-        enforcement = EnforcementStage(settings, collector, publisher, codecs, health, lambda: ignored)
-        rules.on_rules("enforcement", enforcement.apply, enforcement.failed)
-    await loop.run_in_executor(None, rules.start)
-    control = asyncio.create_task(rules.follow_control(stop))
-
-    def readable() -> None:
-        collector.drain(DRAIN_BATCH)
-
-    loop.add_reader(collector.fd, readable)
+    # drain from here on: the symlink scan and the first policy take seconds, and a busy host would fill
+    # the ring meanwhile (until the policy is in, every event is emitted)
+    loop.add_reader(collector.fd, lambda: collector.drain(DRAIN_BATCH))
     polling = asyncio.create_task(collector.poll(stop, batch=DRAIN_BATCH))
     publishing = asyncio.create_task(publisher.run(stop))
-    health.status = "running"
-    log.info("collector running: ignoring pids %s", sorted(ignored))
+    rules = CollectorRules(settings, health)
+    enforcement = control = None
     try:
+        if settings.kernel_filter:
+            # symlinks first: until a namespace is scanned its path strings are judged here, not in the kernel
+            found = await loop.run_in_executor(None, collector.scan_symlinks)
+            health.info["symlinks_scanned"] = found
+            rules.on_rules("kernel filter", collector.load_rules)
+            health.add_source(collector.filter_counters)
+        if settings.enforce:  # kill/deny rules: after the self-check and our own exclusion, before "running"
+            from fimstream.collector.enforce import EnforcementStage
+            enforcement = EnforcementStage(settings, collector, publisher, codecs, health, lambda: ignored)
+            rules.on_rules("enforcement", enforcement.apply, enforcement.failed)
+        await loop.run_in_executor(None, rules.start)
+        control = asyncio.create_task(rules.follow_control(stop))
+        health.status = "running"
+        log.info("collector running: ignoring pids %s", sorted(ignored))
         ignore_mtime = None
         while not stop.is_set():
             try:
@@ -106,11 +104,12 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
         loop.remove_reader(collector.fd)
         stop.set()
         await polling
-        control.cancel()
-        try:
-            await control
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping either way
-            pass
+        if control is not None:
+            control.cancel()
+            try:
+                await control
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping either way
+                pass
         rules.close()
         if enforcement is not None:
             enforcement.close()
