@@ -138,11 +138,16 @@ TAIL(hazard)
     return 0;
 }
 
-/* Forget a struct file's "already written": a new open may reuse a freed pointer. */
+/* Forget a struct file's "already written": a new open may reuse a freed pointer. Only a writable open
+ * needs it (file_read() has read f->fmode): a stale mark on a read-only file can only hide a write that
+ * fails with EBADF, and the f_mode of an open file never gains FMODE_WRITE. Saves an LRU-map delete on
+ * every read-only open (~150 ns). */
 static __always_inline void forget_written(struct fstate *f, u64 file)
 {
+    if (!file || !(f->fmode & FMODE_WRITE_))
+        return;
     struct fpol *p = policy_of(f, RK_WRITE);
-    if (file && p && p->mode != MODE_DROP)
+    if (p && p->mode != MODE_DROP)
         written.delete(&file);
 }
 

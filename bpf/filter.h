@@ -60,6 +60,7 @@
 #define V_DISCARDED 5
 #define LPM_DATA 256              /* the kernel's LPM_DATA_SIZE_MAX */
 #define FMODE_CREATED_ 0x100000
+#define FMODE_WRITE_ 0x2
 #define PS_GEN 0                  /* pstate slots: userspace writes 0, 1 and 4; the kernel 2 and 3 */
 #define PS_PEPOCH 1
 #define PS_KEPOCH 2
@@ -74,7 +75,8 @@ struct fpol {                     /* one event type (record kind) of one generat
     u64 flags;                    /* type-wide approver: flags & this */
     u64 mode_bits;                /* type-wide approver: mode & this */
     u64 masked;                   /* union of the entries' flag masks: flags & masked == 0 leaves only "any" */
-};
+    u64 nlen[8];                  /* lengths of the name approvers, a 256-bit set per slot: a name of */
+};                                /* another length skips the name lookup (a string read and a trie walk) */
 
 struct lpm_key {
     u32 prefixlen;
@@ -133,7 +135,7 @@ struct fstate {                   /* per-CPU working state of one event's filter
     struct dkey dk;
     struct dval dv;
     struct file_info fi;          /* the fd-based file's identity */
-    u64 pwin[W_DENTRY_LEN / 8 + 1];
+    u64 p_inode, p_parent, p_name, p_len;   /* the parent directory's dentry: parent_window() */
     u64 dentry, mnt, parent, name;
     u64 root_mnt, root_dentry, pwd_mnt, pwd_dentry;
     u64 epoch;
@@ -235,23 +237,23 @@ static __always_inline u64 fd_file_of(u64 task, s64 fd)
 {
     if (fd < 0)
         return 0;
-    WIN_BUF(fdt, W_FDT);
-    READ_WIN(fdt, W_FDT, rd64(rd64(task + O_TASK_FILES) + O_FILES_FDT));
-    if ((u64)fd >= WIN32(fdt, W_FDT, O_FDT_MAX_FDS))
+    DWIN_BUF(fdt, W_FDT);
+    DREAD_WIN(fdt, W_FDT, KRD64(W_FILES, KRD64(W_TASK, task, O_TASK_FILES), O_FILES_FDT));
+    if ((u64)fd >= DWIN32(fdt, W_FDT, O_FDT_MAX_FDS))
         return 0;
-    return rd64(WIN64(fdt, W_FDT, O_FDT_FD) + (u64)fd * 8);
+    return rd64(DWIN64(fdt, W_FDT, O_FDT_FD) + (u64)fd * 8);
 }
 
 static __always_inline void fs_read(struct fstate *f, u64 task)
 {
     if (f->fs_read)
         return;
-    WIN_BUF(w, W_FS);
-    READ_WIN(w, W_FS, rd64(task + O_TASK_FS));
-    f->root_mnt = WIN64(w, W_FS, O_FS_ROOT + O_PATH_MNT);
-    f->root_dentry = WIN64(w, W_FS, O_FS_ROOT + O_PATH_DENTRY);
-    f->pwd_mnt = WIN64(w, W_FS, O_FS_PWD + O_PATH_MNT);
-    f->pwd_dentry = WIN64(w, W_FS, O_FS_PWD + O_PATH_DENTRY);
+    DWIN_BUF(w, W_FS);
+    DREAD_WIN(w, W_FS, KRD64(W_TASK, task, O_TASK_FS));
+    f->root_mnt = DWIN64(w, W_FS, O_FS_ROOT + O_PATH_MNT);
+    f->root_dentry = DWIN64(w, W_FS, O_FS_ROOT + O_PATH_DENTRY);
+    f->pwd_mnt = DWIN64(w, W_FS, O_FS_PWD + O_PATH_MNT);
+    f->pwd_dentry = DWIN64(w, W_FS, O_FS_PWD + O_PATH_DENTRY);
     f->fs_read = 1;
 }
 
@@ -262,18 +264,18 @@ static __always_inline int file_read(struct fstate *f, u64 file)
     f->dentry = 0;
     if (!file)
         return 0;
-    WIN_BUF(w, W_FILE);
-    READ_WIN(w, W_FILE, file);
-    f->dentry = WIN64(w, W_FILE, O_FILE_PATH_DENTRY);
-    f->mnt = WIN64(w, W_FILE, O_FILE_PATH_MNT);
-    f->fmode = WIN32(w, W_FILE, O_FILE_MODE);
-    WIN_BUF(d, W_DENTRY);
-    READ_WIN(d, W_DENTRY, f->dentry);
-    f->parent = WIN64(d, W_DENTRY, O_DENTRY_PARENT);
-    f->name = WIN64(d, W_DENTRY, O_DENTRY_NAME_NAME);
-    f->name_len = WIN32(d, W_DENTRY, O_DENTRY_NAME_LEN);
-    f->deleted = !WIN64(d, W_DENTRY, O_DENTRY_HASH_PPREV) && f->parent != f->dentry;
-    fill_inode(&f->fi, WIN64(d, W_DENTRY, O_DENTRY_INODE));
+    DWIN_BUF(w, W_FILE);
+    DREAD_WIN(w, W_FILE, file);
+    f->dentry = DWIN64(w, W_FILE, O_FILE_PATH_DENTRY);
+    f->mnt = DWIN64(w, W_FILE, O_FILE_PATH_MNT);
+    f->fmode = DWIN32(w, W_FILE, O_FILE_MODE);
+    DWIN_BUF(d, W_DENTRY);
+    DREAD_WIN(d, W_DENTRY, f->dentry);
+    f->parent = DWIN64(d, W_DENTRY, O_DENTRY_PARENT);
+    f->name = DWIN64(d, W_DENTRY, O_DENTRY_NAME_NAME);
+    f->name_len = DWIN32(d, W_DENTRY, O_DENTRY_NAME_LEN);
+    f->deleted = !DWIN64(d, W_DENTRY, O_DENTRY_HASH_PPREV) && f->parent != f->dentry;
+    fill_inode(&f->fi, DWIN64(d, W_DENTRY, O_DENTRY_INODE));
     return 1;
 }
 
@@ -283,7 +285,7 @@ static __always_inline int file_read(struct fstate *f, u64 file)
 static __always_inline void walk_file(struct scratch *s, struct fstate *f)
 {
     f->walked = 1;
-    if (f->parent == f->dentry && rd64(f->mnt + O_VFSMOUNT_ROOT) != f->dentry) {
+    if (f->parent == f->dentry && KRD64(W_VFSMOUNT, f->mnt, O_VFSMOUNT_ROOT) != f->dentry) {
         u32 n = f->name_len;
         if (n > NAME_MAX_)
             n = NAME_MAX_;
@@ -331,6 +333,17 @@ static __always_inline void key_head(struct lpm_buf *k, struct fstate *f, u32 ki
     k->data[2] = slot;
 }
 
+/* Can a name approver of this length exist? (Exact entries only, so a length no approver has cannot match;
+ * the key keeps at most LPM_DATA - 4 bytes of a name.) */
+static __always_inline int name_len_ok(struct fpol *p, u32 slot, u32 len)
+{
+    if (len > LPM_DATA - 4)
+        len = LPM_DATA - 4;
+    u32 word = slot * 4 + (len >> 6);
+    opaque(word);                                     /* keep the mask on the register that indexes */
+    return (p->nlen[word & 7] >> (len & 63)) & 1;
+}
+
 /* A name approver on a kernel name (d_name): 1 approved, 0 not. */
 static __always_inline int kname_ok(struct fstate *f, u32 kind, u32 slot, u64 name, u64 flags)
 {
@@ -371,15 +384,18 @@ static __always_inline int key_walked(struct fstate *f, u32 kind, u32 slot, stru
 /* ------------------------------------------------------------------------------------ discarders */
 static __always_inline void parent_window(struct fstate *f)
 {
-    READ_WIN(f->pwin, W_DENTRY, f->dk.dentry);
+    DWIN_BUF(w, W_DENTRY);
+    DREAD_WIN(w, W_DENTRY, f->dk.dentry);
+    f->p_inode = DWIN64(w, W_DENTRY, O_DENTRY_INODE);
+    f->p_parent = DWIN64(w, W_DENTRY, O_DENTRY_PARENT);
+    f->p_name = DWIN64(w, W_DENTRY, O_DENTRY_NAME_NAME);
+    f->p_len = DWIN32(w, W_DENTRY, O_DENTRY_NAME_LEN);
 }
 
 static __always_inline int entry_current(struct fstate *f, struct dval *v)
 {
-    return v->epoch == f->epoch && v->inode == WIN64(f->pwin, W_DENTRY, O_DENTRY_INODE)
-        && v->parent == WIN64(f->pwin, W_DENTRY, O_DENTRY_PARENT)
-        && v->name == WIN64(f->pwin, W_DENTRY, O_DENTRY_NAME_NAME)
-        && v->len == WIN32(f->pwin, W_DENTRY, O_DENTRY_NAME_LEN);
+    return v->epoch == f->epoch && v->inode == f->p_inode && v->parent == f->p_parent && v->name == f->p_name
+        && v->len == f->p_len;
 }
 
 static __always_inline void dkey_fill(struct fstate *f)
@@ -407,10 +423,10 @@ static __always_inline int discarded(struct fstate *f, u32 kind, int restricted)
 static __always_inline void dval_fill(struct fstate *f, struct dval *v)
 {
     v->epoch = f->epoch;
-    v->inode = WIN64(f->pwin, W_DENTRY, O_DENTRY_INODE);
-    v->parent = WIN64(f->pwin, W_DENTRY, O_DENTRY_PARENT);
-    v->name = WIN64(f->pwin, W_DENTRY, O_DENTRY_NAME_NAME);
-    v->len = WIN32(f->pwin, W_DENTRY, O_DENTRY_NAME_LEN);
+    v->inode = f->p_inode;
+    v->parent = f->p_parent;
+    v->name = f->p_name;
+    v->len = f->p_len;
 }
 
 static __always_inline void discarder_learn(struct fstate *f, u64 rbits, u64 fbits)
@@ -437,7 +453,7 @@ static __always_inline void learn_walked(struct scratch *s, struct fstate *f, u3
     u32 end = PATH_END - f->name_len;
     if (f->wflags || f->name_len == 0 || end <= pos || end > PATH_END)
         return;
-    if (rd64(f->mnt + O_VFSMOUNT_ROOT) == f->dentry)
+    if (KRD64(W_VFSMOUNT, f->mnt, O_VFSMOUNT_ROOT) == f->dentry)
         return;
     if (!key_walked(f, kind, SLOT_FILE, s, pos, end, 1))   /* "dir/\x01": the directory's marker */
         return;
@@ -454,7 +470,7 @@ static __always_inline void candidate(struct fstate *f, struct rec_hdr *h)
 {
     if (!f->dentry || !f->fs_read || f->wflags || f->name_len == 0)
         return;
-    if (rd64(f->mnt + O_VFSMOUNT_ROOT) == f->dentry)
+    if (KRD64(W_VFSMOUNT, f->mnt, O_VFSMOUNT_ROOT) == f->dentry)
         return;
     dkey_fill(f);
     parent_window(f);
@@ -481,7 +497,7 @@ static __always_inline int fd_verdict(struct scratch *s, struct fstate *f, struc
 {
     if ((p->has & HAS_INODE_F) && inode_ok(f, kind, SLOT_FILE, f->fi.ino, f->fi.dev, flags))
         return V_APPROVED;
-    if ((p->has & HAS_NAME_F) && kname_ok(f, kind, SLOT_FILE, f->name, flags))
+    if ((p->has & HAS_NAME_F) && name_len_ok(p, SLOT_FILE, f->name_len) && kname_ok(f, kind, SLOT_FILE, f->name, flags))
         return V_APPROVED;
     if (p->has & HAS_EXE)
         return V_UNSURE;
@@ -511,14 +527,14 @@ static __always_inline int lexical_ok(struct fstate *f, u64 task)
     if (f->lexical)
         return f->lexical == 1;
     f->lexical = 2;
-    f->ns = rd32(rd64(rd64(task + O_TASK_NSPROXY) + O_NSPROXY_MNT_NS) + O_MNT_NS_INUM);
+    f->ns = KRD32(W_MNT_NS, KRD64(W_NSPROXY, KRD64(W_TASK, task, O_TASK_NSPROXY), O_NSPROXY_MNT_NS), O_MNT_NS_INUM);
     struct lexroot *want = lexical_ns.lookup(&f->ns);
     if (!want || ps_get(PS_HAZARDS_FULL))
         return 0;
     fs_read(f, task);
-    WIN_BUF(w, W_INODE);                              /* the task's root directory: not chrooted elsewhere */
-    READ_WIN(w, W_INODE, rd64(f->root_dentry + O_DENTRY_INODE));
-    if (WIN64(w, W_INODE, O_INODE_INO) != want->ino || rd32(WIN64(w, W_INODE, O_INODE_SB) + O_SB_DEV) != want->dev)
+    DWIN_BUF(w, W_INODE);                              /* the task's root directory: not chrooted elsewhere */
+    DREAD_WIN(w, W_INODE, KRD64(W_DENTRY, f->root_dentry, O_DENTRY_INODE));
+    if (DWIN64(w, W_INODE, O_INODE_INO) != want->ino || KRD32(W_SB, DWIN64(w, W_INODE, O_INODE_SB), O_SB_DEV) != want->dev)
         return 0;
     f->lexical = 1;
     return 1;
@@ -646,13 +662,15 @@ static __always_inline int dirty(struct fstate *f)
     return NONZERO(bad) & NONZERO(f->key_end ^ 4);  /* "/" alone is the root, not a trailing slash */
 }
 
-static __always_inline int sname_ok(struct fstate *f, u32 kind, u32 slot, u64 flags)
+static __always_inline int sname_ok(struct fstate *f, struct fpol *p, u32 kind, u32 slot, u64 flags)
 {
     u32 from = f->last_slash + 1;
     u32 end = f->key_end;
     if (from >= end || end > LPM_DATA - 1)
         return 0;
     u32 n = end - from;
+    if (!name_len_ok(p, slot, n))
+        return 0;
     opaque(n);
     n &= 255;
     key_head(&f->h, f, kind, slot);
@@ -728,7 +746,7 @@ static __always_inline int str_verdict(struct scratch *s, struct fstate *f, stru
             return fd_verdict(s, f, p, kind, flags, task);
         }
     }
-    if ((p->has & has_name) && sname_ok(f, kind, slot, flags))
+    if ((p->has & has_name) && sname_ok(f, p, kind, slot, flags))
         return V_APPROVED;
     if (p->has & HAS_EXE)
         return V_UNSURE;
@@ -789,34 +807,6 @@ static __always_inline void hazard_add(struct fstate *f, u64 task)
         f->h.prefixlen = (j + 1) * 8;
         hazard_dirs.update((struct lpm_key *)&f->h, &now);
     }
-}
-
-/* ------------------------------------------------------------------------------------ sys_enter */
-/* Save a syscall's arguments for the file sensor's sys_exit, which counts `seen` with the event's exact
- * type (create or open). Ignored callers are counted seen + filtered here, a full in-flight map lost. */
-static __always_inline int fstash(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    if (ignored(id >> 32)) {
-        tally(kind, C_SEEN);
-        tally(kind, C_FILTERED);
-        return 0;
-    }
-    struct inflight in = {};
-    in.sc = sc;
-    in.pad = kind;
-    in.a[0] = a0;
-    in.a[1] = a1;
-    in.a[2] = a2;
-    in.a[3] = a3;
-    in.a[4] = a4;
-    in.a[5] = a5;
-    u32 tid = (u32)id;
-    if (inflight.update(&tid, &in)) {
-        tally(kind, C_SEEN);
-        tally(kind, C_LOST);
-    }
-    return 0;
 }
 
 /* Count a verdict; returns 1 when the event is to be emitted. */

@@ -70,14 +70,17 @@ struct inflight {         /* syscall arguments saved at sys_enter, used at sys_e
     u64 a[6];
     u32 sc;
     u32 pad;
+    u32 live;             /* set by stash, cleared by unstash: the thread is inside this syscall */
+    u32 pad2;
 };
 
 /* ------------------------------------------------------------------------------------- shared maps */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
-/* Entries live from sys_enter to sys_exit and are deleted at sys_exit or thread exit, so a plain
- * (cheaper than LRU) hash cannot fill up with stale ones. */
-BPF_HASH(inflight, u32, struct inflight, INFLIGHT_MAX);
+/* Per-thread task-local storage: a slot that lives and dies with the task_struct, so nothing goes stale
+ * and nothing can fill up, and a non-leader thread's exec keeps its slot. Measured here: an insert and a
+ * delete in a hash map per syscall cost ~250 ns more than this. */
+BPF_TASK_STORAGE(inflight, struct inflight);
 BPF_HASH(ignore_pids, u32, u8, IGNORE_MAX);          /* tgids the pipeline itself runs as */
 BPF_PERCPU_ARRAY(counters, u64, NKINDS * NCOUNTERS);   /* [kind][C_*], summed by userspace */
 
@@ -104,8 +107,9 @@ static __always_inline u32 rd32(u64 addr)
     return v;
 }
 
-/* Windows: READ_WIN(buf, NAME, addr) copies an object's W_NAME window once; WIN*(buf, NAME, offset)
- * picks a member out of the copy. Buffers are u64 arrays: stack accesses must be aligned. */
+/* Windows: READ_WIN(buf, W, addr) copies an object's W window (W_TASK, W_FILE, ...) with one
+ * bpf_probe_read_kernel; WIN*(buf, W, offset) picks a member out of the copy. Buffers are u64 arrays:
+ * stack accesses must be aligned. */
 #define WIN_BUF(name, W) u64 name[W##_LEN / 8]
 #define READ_WIN(buf, W, addr) bpf_probe_read_kernel((buf), W##_LEN, (void *)((addr) + W##_START))
 #define WIN64(buf, W, off) (*(u64 *)((char *)(buf) + (off) - W##_START))
@@ -113,6 +117,40 @@ static __always_inline u32 rd32(u64 addr)
 #define WIN16(buf, W, off) (*(u16 *)((char *)(buf) + (off) - W##_START))
 #define TASK64(s, off) WIN64((s)->task, W_TASK, off)
 #define TASK32(s, off) WIN32((s)->task, W_TASK, off)
+
+/* Direct reads, for the hooks every file syscall runs (kdirect.py): bpf_rdonly_cast(addr, btf_id) turns
+ * an address into a read-only typed pointer (a no-op at run time) and members become plain loads,
+ * fault-safe and checked by the verifier against the running kernel's BTF: ~1 ns each, where a
+ * bpf_probe_read_kernel costs ~30 ns here and the filter made a dozen per syscall. bcc 0.26 cannot emit
+ * a kfunc call, so kcast_ calls a marker helper number that the loader rewrites into the kfunc call.
+ * DWIN_BUF/DREAD_WIN/DWIN*(buf, W, off) and KRD64/KRD32(W, addr, off) (W also W_FILES, W_SB, ...: types
+ * without a window) are direct with KDIRECT=1 and windows / probe reads without it.
+ * Only where the values go to map memory or the record at once: a loaded pointer keeps its BTF type in
+ * the verifier, and a variable that is a pointer on one path and a scalar on another (a walk's loop
+ * variables) stops state pruning: the walks stay on windows. */
+#if KDIRECT
+static void *(*kcast_)(u64 obj, u32 btf_id) = (void *)KCAST_MARKER;
+/* opaque() pins each load to its block: otherwise clang may sink a direct load and a map-value load of
+ * two branches into one instruction, which the verifier refuses ("same insn cannot be used with
+ * different pointers"). */
+#define KLOAD(T, p) ({ T v_ = *(T *)(p); opaque(v_); v_; })
+#define KOBJ(W, addr) ((char *)kcast_((u64)(addr), BTF_##W))
+#define DWIN_BUF(name, W) char *name
+#define DREAD_WIN(buf, W, addr) ((buf) = KOBJ(W, addr))
+#define DWIN64(buf, W, off) KLOAD(u64, (buf) + (off))
+#define DWIN32(buf, W, off) KLOAD(u32, (buf) + (off))
+#define DWIN16(buf, W, off) KLOAD(u16, (buf) + (off))
+#define KRD64(W, addr, off) KLOAD(u64, KOBJ(W, addr) + (off))
+#define KRD32(W, addr, off) KLOAD(u32, KOBJ(W, addr) + (off))
+#else
+#define DWIN_BUF WIN_BUF
+#define DREAD_WIN READ_WIN
+#define DWIN64 WIN64
+#define DWIN32 WIN32
+#define DWIN16 WIN16
+#define KRD64(W, addr, off) rd64((u64)(addr) + (off))
+#define KRD32(W, addr, off) rd32((u64)(addr) + (off))
+#endif
 
 /* The collector's own process and the other pipeline stages (ignore.pids). */
 static __always_inline int ignored(u32 tgid)
@@ -145,7 +183,7 @@ static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 ki
     h->pid = id >> 32;
     h->tid = (u32)id;
     h->ktime = bpf_ktime_get_boot_ns();
-    h->ppid = rd32(TASK64(s, O_TASK_REAL_PARENT) + O_TASK_TGID);
+    h->ppid = KRD32(W_TASK, TASK64(s, O_TASK_REAL_PARENT), O_TASK_TGID);
     WIN_BUF(cred, W_CRED);
     READ_WIN(cred, W_CRED, TASK64(s, O_TASK_CRED));
     h->uid = WIN32(cred, W_CRED, O_CRED_UID);
@@ -160,7 +198,7 @@ static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 ki
     h->sessionid = (u32)-1;
 #endif
     u64 leader = TASK64(s, O_TASK_GROUP_LEADER);
-    h->start_time = leader == task ? TASK64(s, O_TASK_START_BOOTTIME) : rd64(leader + O_TASK_START_BOOTTIME);
+    h->start_time = leader == task ? TASK64(s, O_TASK_START_BOOTTIME) : KRD64(W_TASK, leader, O_TASK_START_BOOTTIME);
     h->cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
     h->retval = retval;
@@ -209,14 +247,14 @@ static __always_inline void fill_inode(struct file_info *fi, u64 inode)
 {
     if (!inode)
         return;
-    WIN_BUF(w, W_INODE);
-    READ_WIN(w, W_INODE, inode);
-    fi->ino = WIN64(w, W_INODE, O_INODE_INO);
-    fi->mode = WIN16(w, W_INODE, O_INODE_MODE);
-    fi->nlink = WIN32(w, W_INODE, O_INODE_NLINK);
-    fi->uid = WIN32(w, W_INODE, O_INODE_UID);
-    fi->gid = WIN32(w, W_INODE, O_INODE_GID);
-    fi->dev = rd32(WIN64(w, W_INODE, O_INODE_SB) + O_SB_DEV);
+    DWIN_BUF(w, W_INODE);
+    DREAD_WIN(w, W_INODE, inode);
+    fi->ino = DWIN64(w, W_INODE, O_INODE_INO);
+    fi->mode = DWIN16(w, W_INODE, O_INODE_MODE);
+    fi->nlink = DWIN32(w, W_INODE, O_INODE_NLINK);
+    fi->uid = DWIN32(w, W_INODE, O_INODE_UID);
+    fi->gid = DWIN32(w, W_INODE, O_INODE_GID);
+    fi->dev = KRD32(W_SB, DWIN64(w, W_INODE, O_INODE_SB), O_SB_DEV);
 }
 
 /* Walk dentry -> d_parent up to the root (root_mnt, root_dentry), crossing mounts through
@@ -385,37 +423,57 @@ static __always_inline void slot_user_path(struct scratch *s, struct file_info *
 }
 
 /* --------------------------------------------------------------------------- sys_enter / sys_exit */
-/* Save a syscall's arguments for its sys_exit. Counts `seen` (and `filtered` for ignored callers). */
-static __always_inline int stash(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
+/* The current thread's argument slot (created on first use). */
+static __always_inline struct inflight *inflight_slot(int create)
+{
+    return inflight.task_storage_get(bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+/* Save a syscall's arguments for its sys_exit. `seen` is counted here, or by the sys_exit when it knows
+ * the exact event type (seen_at_exit: the file sensor, where an open may turn out to be a create); an
+ * ignored caller is counted seen + filtered here, a missing slot (out of memory) seen + lost. */
+static __always_inline int stash_args(u32 kind, int seen_at_exit, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4,
+                                      u64 a5)
 {
     u64 id = bpf_get_current_pid_tgid();
-    tally(kind, C_SEEN);
+    if (!seen_at_exit)
+        tally(kind, C_SEEN);
     if (ignored(id >> 32)) {
+        if (seen_at_exit)
+            tally(kind, C_SEEN);
         tally(kind, C_FILTERED);
         return 0;
     }
-    struct inflight in = {};
-    in.sc = sc;
-    in.a[0] = a0;
-    in.a[1] = a1;
-    in.a[2] = a2;
-    in.a[3] = a3;
-    in.a[4] = a4;
-    in.a[5] = a5;
-    u32 tid = (u32)id;
-    inflight.update(&tid, &in);
+    struct inflight *in = inflight_slot(1);
+    if (!in) {
+        if (seen_at_exit)
+            tally(kind, C_SEEN);
+        tally(kind, C_LOST);
+        return 0;
+    }
+    in->sc = sc;
+    in->pad = kind;
+    in->a[0] = a0;
+    in->a[1] = a1;
+    in->a[2] = a2;
+    in->a[3] = a3;
+    in->a[4] = a4;
+    in->a[5] = a5;
+    in->live = 1;
     return 0;
 }
 
-/* The saved arguments of the current thread's syscall (copied, then forgotten). */
+#define stash(kind, sc, a0, a1, a2, a3, a4, a5) stash_args(kind, 0, sc, a0, a1, a2, a3, a4, a5)
+#define fstash(kind, sc, a0, a1, a2, a3, a4, a5) stash_args(kind, 1, sc, a0, a1, a2, a3, a4, a5)
+
+/* The saved arguments of the current thread's syscall (copied, then marked used). */
 static __always_inline int unstash(struct inflight *out)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct inflight *in = inflight.lookup(&tid);
-    if (!in)
+    struct inflight *in = inflight_slot(0);
+    if (!in || !in->live)
         return 0;
     __builtin_memcpy(out, in, sizeof(*out));
-    inflight.delete(&tid);
+    in->live = 0;
     return 1;
 }
 

@@ -83,10 +83,8 @@ TP(sched, sched_process_exec)
     begin(s, task, RK_EXEC, sizeof(struct exec_body), 0);
     struct exec_body *b = BODY(exec_body, s);
     __builtin_memset(b, 0, sizeof(*b));
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u32 old_tid = args->old_pid;                      /* differs when a non-leader thread exec'd */
-    struct inflight *in = inflight.lookup(&old_tid);  /* which syscall (none: an exec started by the kernel) */
-    if (in) {
+    struct inflight *in = inflight_slot(0);          /* which syscall (none: an exec started by the kernel) */
+    if (in && in->live) {
         b->sc = in->sc;
         /* credentials before the exec, to see a set-user-ID/set-group-ID or file-capability change */
         b->xflags |= EXF_OLD_CRED;
@@ -95,8 +93,6 @@ TP(sched, sched_process_exec)
         b->old_gid = (u32)in->a[4];
         b->old_egid = in->a[4] >> 32;
         b->old_caps = in->a[5];
-        if (old_tid != tid)
-            inflight.delete(&old_tid);                /* its sys_exit runs under the new tid */
     }
     b->mnt_ns = rd32(rd64(TASK64(s, O_TASK_NSPROXY) + O_NSPROXY_MNT_NS) + O_MNT_NS_INUM);
     b->new_caps = rd64(TASK64(s, O_TASK_CRED) + O_CRED_CAP_EFFECTIVE);
@@ -216,8 +212,6 @@ RAW_TP(sched_process_fork)
 TP(sched, sched_process_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    inflight.delete(&tid);                            /* a thread that died inside a syscall */
     if (!args->group_dead)
         return 0;
     u64 task = bpf_get_current_task();

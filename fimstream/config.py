@@ -57,6 +57,9 @@ class Settings:
     # the rules' needs pushed into the kernel (approvers, discarders): events no rule can match never
     # leave it. Off: every event is published (the detector still applies the rules)
     kernel_filter: bool = True
+    # the eBPF programs read kernel structs with direct loads (bpf_rdonly_cast) where the kernel allows;
+    # off: probe reads everywhere (slower; for a kernel whose verifier misbehaves with them)
+    direct_reads: bool = True
     # enforcement in the collector: kill/deny rules of `rules` (docs/enforcement.md)
     enforce: bool = True
     enforce_deny_timeout_ms: int = 250  # a fanotify decision not made by then gets the timeout answer

@@ -64,22 +64,30 @@ def summary(stage: str, c: dict) -> str:
     return " ".join(parts)
 
 
+def collector_info(state_dir: Path, key: str) -> str:
+    """One item of what the collector reports about itself; "" when no collector reports it."""
+    h = read_all(state_dir).get("collector") or {}
+    return str((h.get("info") or {}).get(key, ""))
+
+
 def enforcement(state_dir: Path) -> str:
     """The collector's enforcement backends, e.g. "kill=bpf_send_signal deny=fanotify (bpf-lsm unavailable:
-    EPERM)"; "" when no collector reports it."""
-    h = read_all(state_dir).get("collector") or {}
-    return (h.get("info") or {}).get("enforcement_summary", "")
+    EPERM)"."""
+    return collector_info(state_dir, "enforcement_summary")
 
 
 def main(state_dir: Path, as_json: bool = False) -> int:
     ok, rows = check(state_dir)
     enforcing = enforcement(state_dir)
+    reads = collector_info(state_dir, "kernel_reads")  # how the eBPF programs read kernel memory
     if as_json:
-        print(json.dumps({"ok": ok, "stages": rows, "enforcement": enforcing}, indent=2))
+        print(json.dumps({"ok": ok, "stages": rows, "enforcement": enforcing, "kernel_reads": reads}, indent=2))
     else:
         for r in rows:
             print(f"{r['stage']:<10} {r['state']:<8} {r['detail']}")
         if enforcing:
             print(f"enforcement: {enforcing}")
+        if reads:
+            print(f"kernel reads: {reads}")
         print("pipeline: " + ("flowing" if ok else "NOT healthy"))
     return 0 if ok else 1

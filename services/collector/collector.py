@@ -47,8 +47,10 @@ def boot_offset_ns(samples: int = 9) -> int:
 
 class Collector:
     def __init__(self, *, ringbuf_bytes: int = 32 << 20, max_depth: int = R.MAX_DEPTH,
-                 offset_overrides: dict[str, int] | None = None, require_all_sensors: bool = True):
+                 offset_overrides: dict[str, int] | None = None, require_all_sensors: bool = True,
+                 direct_reads: bool = True):
         self.ringbuf_bytes = ringbuf_bytes
+        self.direct_reads = direct_reads  # where the kernel allows (kdirect.py); False: probe reads
         self.max_depth = max_depth
         self.offset_overrides = offset_overrides
         self.require_all_sensors = require_all_sensors
@@ -72,13 +74,15 @@ class Collector:
     # ------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.program = Program(self.sensors, ringbuf_bytes=self.ringbuf_bytes, max_depth=self.max_depth,
-                               offset_overrides=self.offset_overrides, require_all=self.require_all_sensors)
+                               offset_overrides=self.offset_overrides, require_all=self.require_all_sensors,
+                               direct_reads=self.direct_reads)
         self.reader = RingReader(self.program.events_fd, self.ringbuf_bytes)
         self.filter = KernelFilter(self.program.bpf)
         self._decoders = {kind: fn for s in self.program.loaded for kind, fn in s.decoders.items()}
         self.procs.seed()
-        log.info("sensors %s loaded (compile %.1fs), %d processes seeded from /proc",
-                 ", ".join(s.name for s in self.program.loaded), self.program.compile_seconds, len(self.procs))
+        log.info("sensors %s loaded (compile %.1fs, kernel reads: %s), %d processes seeded from /proc",
+                 ", ".join(s.name for s in self.program.loaded), self.program.compile_seconds, self.program.reads,
+                 len(self.procs))
 
     def close(self) -> None:
         if self.reader is not None:

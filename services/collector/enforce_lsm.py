@@ -12,17 +12,12 @@ loaded and tested here is not shipped.
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
-import struct
 from dataclasses import dataclass
 
-BPF_PROG_LOAD = 5
-BPF_PROG_TYPE_LSM = 29
+from fimstream.collector.bpfsys import BPF_PROG_TYPE_LSM, EXIT, mov64_imm, prog_load
+
 BPF_LSM_MAC = 27
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
-_ATTR_SIZE = 144  # union bpf_attr up to attach_btf_id and a bit more; the kernel checks the tail is zero
 HOOK = "bpf_lsm_file_open"
 
 
@@ -44,18 +39,9 @@ def probe_bpf_lsm(btf=None) -> LsmProbe:
         attach_btf_id = btf.func_id(HOOK)
     except Exception as e:  # noqa: BLE001 - no BTF, no hook: not available, with the reason
         return LsmProbe(False, f"no BTF for {HOOK} ({e})")
-    insns = ctypes.create_string_buffer(struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0))
-    license_ = ctypes.create_string_buffer(b"GPL")
-    attr = bytearray(_ATTR_SIZE)
-    struct.pack_into("<IIQQ", attr, 0, BPF_PROG_TYPE_LSM, 2, ctypes.addressof(insns), ctypes.addressof(license_))
-    struct.pack_into("<I", attr, 68, BPF_LSM_MAC)  # expected_attach_type
-    struct.pack_into("<I", attr, 108, attach_btf_id)
-    buf = ctypes.create_string_buffer(bytes(attr), _ATTR_SIZE)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_long(BPF_PROG_LOAD), buf, ctypes.c_long(_ATTR_SIZE))
+    fd, why = prog_load(BPF_PROG_TYPE_LSM, mov64_imm(0, 0) + EXIT, expected_attach_type=BPF_LSM_MAC,
+                        attach_btf_id=attach_btf_id)
     if fd < 0:
-        err = ctypes.get_errno()
-        return LsmProbe(False, errno.errorcode.get(err, str(err)))
+        return LsmProbe(False, why)
     os.close(fd)
     return LsmProbe(True, "ok")

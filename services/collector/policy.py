@@ -87,6 +87,7 @@ class Compiled:
         self.types: dict[int, tuple] = {}  # kind -> (mode, has, flags, mode_bits, masked)
         self.inodes: dict[tuple, int] = {}  # (ino, kernel dev, kind, slot) -> mask
         self.names: dict[tuple, int] = {}  # (kind, slot, key bytes) -> mask
+        self.name_lens: dict[int, int] = {}  # kind -> the name approvers' lengths, 256 bits per slot
         self.paths: dict[tuple, list] = {}  # (kind, slot, key bytes) -> [pmask, emask, amask]
         for name, tp in policy.types.items():
             kind = KIND_OF.get(name)
@@ -105,6 +106,7 @@ class Compiled:
                 for name_b, m in tp.names.get(slot_name, {}).items():
                     key = name_b[:LPM_DATA - 4] + b"\0"
                     self.names[(kind, slot, key)] = _merge(self.names.get((kind, slot, key)), _mask(m))
+                    self.name_lens[kind] = self.name_lens.get(kind, 0) | 1 << (256 * slot + len(key) - 1)
                     has |= HAS_NAME_F << slot
                     masked |= m
                 exact = tp.paths.get(slot_name, {})
@@ -237,6 +239,9 @@ class KernelFilter:
             v = self.fpolicy.Leaf()
             mode, has, flags, mode_bits, masked = c.types.get(kind, (0, 0, 0, 0, 0)) if c else (0, 0, 0, 0, 0)
             v.mode, v.has, v.flags, v.mode_bits, v.masked = mode, has, flags, mode_bits, masked
+            lens = c.name_lens.get(kind, 0) if c else 0
+            for i in range(8):
+                v.nlen[i] = (lens >> (64 * i)) & (2**64 - 1)
             self.fpolicy[ct.c_int(gen * R.NKINDS + kind)] = v
         if c is None:
             return

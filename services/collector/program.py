@@ -11,6 +11,7 @@ import time
 from importlib import resources
 from typing import Iterable
 
+from fimstream.collector import kdirect
 from fimstream.collector import offsets as offsets_mod
 from fimstream.collector import records
 from fimstream.collector.btf import Btf, BtfError
@@ -26,7 +27,8 @@ def _bpf_dir() -> str:
 
 class Program:
     def __init__(self, sensors: Iterable[Sensor], *, ringbuf_bytes: int = 32 << 20, max_depth: int = records.MAX_DEPTH,
-                 offset_overrides: dict[str, int] | None = None, require_all: bool = True):
+                 offset_overrides: dict[str, int] | None = None, require_all: bool = True,
+                 direct_reads: bool = True):
         from bcc import BPF
 
         self.ringbuf_bytes = ringbuf_bytes
@@ -38,8 +40,10 @@ class Program:
         if unknown:
             raise KeyError(f"unknown offset macro {', '.join(sorted(unknown))}")
         self.offsets = offsets_mod.compute(btf, {k: v for k, v in overrides.items() if k in offsets_mod.NEEDS})
+        # how the programs read kernel memory: typed direct loads where the kernel allows (kdirect.py)
+        self.reads = kdirect.probe(btf, direct_reads)
         defines = {**records.c_defines(max_depth=max_depth, ringbuf_bytes=ringbuf_bytes), **self.offsets,
-                   **offsets_mod.windows(self.offsets), **policy_limits()}
+                   **offsets_mod.windows(self.offsets), **policy_limits(), **self.reads.defines}
         self.sensors = []
         for sensor in sensors:  # a sensor whose kernel members are missing stays out, as a unit
             try:
@@ -64,13 +68,16 @@ class Program:
         t0 = time.monotonic()
         self.bpf = BPF(text=text.encode(), cflags=cflags)
         self.compile_seconds = time.monotonic() - t0
+        self.kfunc_calls = kdirect.patch(self.bpf, self.reads.kfunc_id) if self.reads.enabled else 0
         for sensor in self.sensors:
             try:
                 sensor.load(self.bpf)
             except SensorError as e:
+                if self.reads.enabled:  # the verifier also checked every direct read against BTF
+                    e = SensorError(f"{e} ({kdirect.REFUSED})")
                 if require_all:
                     self.close()
-                    raise
+                    raise e from e.__cause__
                 log.error("%s", e)
                 self.failed[sensor.name] = str(e)
         self.events_fd = self.bpf[b"events"].map_fd

@@ -31,7 +31,8 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
               max_depth: int = R.MAX_DEPTH, max_buffered_events: int = 1_000_000, selfcheck: bool = True,
               offset_overrides: dict[str, int] | None = None, **_options) -> None:
     loop = asyncio.get_running_loop()
-    collector = Collector(ringbuf_bytes=ringbuf_mb << 20, max_depth=max_depth, offset_overrides=offset_overrides)
+    collector = Collector(ringbuf_bytes=ringbuf_mb << 20, max_depth=max_depth, offset_overrides=offset_overrides,
+                          direct_reads=settings.direct_reads)
     health.status = "loading"
     try:
         await loop.run_in_executor(None, collector.start)  # clang + verifier: seconds; keep the heartbeat going
@@ -56,7 +57,7 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
     stats = Stats(collector, publisher, codecs, settings)
     health.info.update(sensors=[s.name for s in collector.program.loaded], ringbuf_mb=ringbuf_mb,
                        max_depth=max_depth, compile_seconds=round(collector.program.compile_seconds, 2),
-                       failed_sensors=collector.program.failed)
+                       failed_sensors=collector.program.failed, kernel_reads=str(collector.program.reads))
     health.add_source(stats.health)
     # drain from here on: the symlink scan and the first policy take seconds, and a busy host would fill
     # the ring meanwhile (until the policy is in, every event is emitted)

@@ -11,6 +11,7 @@ from fimstream.collector import service
 from fimstream.collector.collector import Collector
 from fimstream.collector.offsets import compute
 from fimstream.collector.selfcheck import SelfCheckError
+from fimstream.collector.sensor import SensorError
 from fimstream.config import Settings
 from fimstream.health import Health
 
@@ -30,7 +31,9 @@ def test_correct_offsets_pass(collector):
     ("O_CRED_EUID", 4, "euid"),
 ])
 def test_a_wrong_offset_is_caught_with_a_clear_message(macro, shift, words):
-    c = Collector(offset_overrides={macro: compute()[macro] + shift})
+    """Probe reads (kernels without bpf_rdonly_cast) read whatever is at a wrong offset: the self-check
+    catches it."""
+    c = Collector(offset_overrides={macro: compute()[macro] + shift}, direct_reads=False)
     c.start()
     try:
         with pytest.raises(SelfCheckError, match="refusing to start") as err:
@@ -38,6 +41,14 @@ def test_a_wrong_offset_is_caught_with_a_clear_message(macro, shift, words):
         assert words in str(err.value)
     finally:
         c.close()
+
+
+def test_direct_reads_refuse_a_wrong_offset_at_load():
+    """Direct reads: the verifier checks the read against BTF, so the program does not even load."""
+    c = Collector(offset_overrides={"O_INODE_INO": compute()["O_INODE_INO"] + 8})
+    with pytest.raises(SensorError, match="read kernel structs directly"):
+        c.start()
+    c.close()
 
 
 def test_the_service_refuses_to_start(tmp_path):
