@@ -57,7 +57,8 @@ int main(int argc, char **argv) {
     long n = atol(argv[2]);
     double rate = atof(argv[3]);  /* ops per second; 0 = as fast as possible */
     static char paths[1000][512];
-    for (int i = 0; i < 1000; i++) snprintf(paths[i], sizeof(paths[i]), "%s/f%04d", dir, i);
+    int width = argc > 4 ? atoi(argv[4]) : 4;  /* digits after "f": the names' length is width + 1 */
+    for (int i = 0; i < 1000; i++) snprintf(paths[i], sizeof(paths[i]), "%s/f%0*d", dir, width, i);
     double t0 = now();
     for (long i = 0; i < n; i++) {
         int fd = open(paths[i % 1000], O_RDONLY);
@@ -76,11 +77,12 @@ int main(int argc, char **argv) {
 class Load:
     """The openat+close loop over 1,000 files, as a separate process."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, name_length: int = 5):
         self.dir = workdir / "files"
         self.dir.mkdir()
+        self.width = max(4, name_length - 1)
         for i in range(1000):
-            (self.dir / f"f{i:04d}").write_bytes(b"")
+            (self.dir / f"f{i:0{self.width}d}").write_bytes(b"")
         self.binary = None
         cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
         if cc:
@@ -107,9 +109,9 @@ class Load:
 
     def argv(self, ops: int, rate: float = 0) -> list[str]:
         if self.binary:
-            return [self.binary, str(self.dir), str(ops), str(rate)]
+            return [self.binary, str(self.dir), str(ops), str(rate), str(self.width)]
         code = ("import ctypes,os,sys,time\nlibc=ctypes.CDLL(None)\nd,n,r=sys.argv[1],int(sys.argv[2]),float(sys.argv[3])\n"
-                "p=[os.fsencode(f'{d}/f{i:04d}') for i in range(1000)]\nt0=time.perf_counter()\n"
+                f"p=[os.fsencode(f'{{d}}/f{{i:0{self.width}d}}') for i in range(1000)]\nt0=time.perf_counter()\n"
                 "for i in range(n):\n fd=libc.open(p[i%1000],0)\n libc.close(fd)\n"
                 " if r and i%64==63:\n  w=t0+(i+1)/r-time.perf_counter()\n  w>0 and time.sleep(w)\n"
                 "print(n,(time.perf_counter()-t0)*1e9)")
@@ -336,8 +338,9 @@ async def _settle(h: Harness) -> None:
 async def main_async(args) -> dict:
     results: dict = {"ops": args.ops}
     with tempfile.TemporaryDirectory(prefix="fimstream-bench-") as tmp:
-        load = Load(Path(tmp))
+        load = Load(Path(tmp), args.name_length)
         results["load"] = "C openat+close loop" if load.binary else "Python ctypes loop (no C compiler)"
+        results["file_name_length"] = load.width + 1
         settings = Settings(state_dir=Path(tmp) / "state", host="bench")
         h = Harness(settings, args.ringbuf_mb)
         ruleset = load_rules(args.rules)
@@ -398,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", type=Path, default=Path(__file__).resolve().parents[1] / "rules",
                    help="rules loaded into the kernel for the filtered and realistic runs (default: the pack)")
     p.add_argument("--compiles", type=int, default=30, help="compilations per realistic-workload round")
+    p.add_argument("--name-length", type=int, default=5,
+                   help="length of the loop's file names (5: f0000..f0999); 6, 8, 10 ... are lengths the default "
+                        "pack's name approvers have (id_rsa, id_ecdsa, id_ed25519): the name lookup then runs")
     p.add_argument("--no-kafka", action="store_true")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
