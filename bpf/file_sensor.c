@@ -2,8 +2,9 @@
  * link, symlink, mkdir, mknod, setxattr, shared writable mmap, memfd_create, mount/umount/move_mount, on
  * syscall tracepoints, filtered in the kernel by the rules (filter.h) before a record is built.
  *
- * Arguments are saved at sys_enter (fstash) and the event is judged and built at sys_exit, where the
- * result is known: a successful open is resolved from the returned fd (task->files->fdt->fd[ret]->f_path),
+ * Arguments are saved at sys_enter (fstash), or for the open family read from the saved registers at
+ * sys_exit (syscall_regs: one tracepoint per open instead of two), and the event is judged and built at
+ * sys_exit, where the result is known: a successful open is resolved from the returned fd (task->files->fdt->fd[ret]->f_path),
  * so its path is the kernel's true path whatever string, dirfd, symlink or mount the caller used. Calls
  * that take a path but return no fd carry the caller's string (read at sys_exit, as Falco does) plus the
  * true path of the directory it is relative to; userspace canonicalises them (paths.py). `seen` is counted
@@ -152,34 +153,50 @@ static __always_inline void forget_written(struct fstate *f, u64 file)
 }
 
 /* ------------------------------------------------------------------------------------------ open */
-TP(syscalls, sys_enter_openat)
+/* The hottest hooks there are: opens are traced at sys_exit alone, with their arguments taken from the
+ * saved registers (syscall_regs) instead of a sys_enter hook's stash. */
+static __always_inline void open_args(struct inflight *in, u32 sc)
 {
-    return fstash(RK_OPEN, SC_OPENAT, args->dfd, (u64)args->filename, args->flags, args->mode, 0, 0);
+    char *r = syscall_regs();
+    u64 a0 = SYSARG(r, 0), a1 = SYSARG(r, 1), a2 = SYSARG(r, 2), a3 = SYSARG(r, 3);
+    in->sc = sc;
+    in->a[4] = 0;
+    in->a[5] = 0;
+    if (sc == SC_OPEN) {                              /* open(path, flags, mode) */
+        in->a[0] = AT_FDCWD_;
+        in->a[1] = a0;
+        in->a[2] = a1;
+        in->a[3] = a2;
+    } else if (sc == SC_CREAT) {                      /* creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode) */
+        in->a[0] = AT_FDCWD_;
+        in->a[1] = a0;
+        in->a[2] = 01 | 0100 | 01000;
+        in->a[3] = a1;
+    } else if (sc == SC_OPENAT2) {                    /* openat2(dfd, path, struct open_how *{flags, mode, resolve}, size) */
+        u64 how[3] = {};
+        bpf_probe_read_user(how, sizeof(how), (void *)a2);
+        in->a[0] = a0;
+        in->a[1] = a1;
+        in->a[2] = how[0];
+        in->a[3] = how[1];
+        in->a[4] = how[2];
+    } else {                                          /* openat(dfd, path, flags, mode) */
+        in->a[0] = a0;
+        in->a[1] = a1;
+        in->a[2] = a2;
+        in->a[3] = a3;
+    }
 }
 
-TP(syscalls, sys_enter_open)
+static __always_inline int open_exit(long ret, u32 sc)
 {
-    return fstash(RK_OPEN, SC_OPEN, AT_FDCWD_, (u64)args->filename, args->flags, args->mode, 0, 0);
-}
-
-TP(syscalls, sys_enter_creat)
-{
-    /* creat(path, mode) == open(path, O_CREAT|O_WRONLY|O_TRUNC, mode) */
-    return fstash(RK_OPEN, SC_CREAT, AT_FDCWD_, (u64)args->pathname, 01 | 0100 | 01000, args->mode, 0, 0);
-}
-
-TP(syscalls, sys_enter_openat2)
-{
-    u64 how[3] = {};
-    bpf_probe_read_user(how, sizeof(how), (void *)args->how);  /* struct open_how {flags, mode, resolve} */
-    return fstash(RK_OPEN, SC_OPENAT2, args->dfd, (u64)args->filename, how[0], how[1], how[2], 0);
-}
-
-static __always_inline int open_exit(long ret)
-{
-    struct inflight in;
-    if (!unstash(&in))
+    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
+        tally(RK_OPEN, C_SEEN);
+        tally(RK_OPEN, C_FILTERED);
         return 0;
+    }
+    struct inflight in;
+    open_args(&in, sc);
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -232,10 +249,10 @@ static __always_inline int open_exit(long ret)
     return 0;
 }
 
-TP(syscalls, sys_exit_openat) { return open_exit(args->ret); }
-TP(syscalls, sys_exit_open) { return open_exit(args->ret); }
-TP(syscalls, sys_exit_creat) { return open_exit(args->ret); }
-TP(syscalls, sys_exit_openat2) { return open_exit(args->ret); }
+TP(syscalls, sys_exit_openat) { return open_exit(args->ret, SC_OPENAT); }
+TP(syscalls, sys_exit_open) { return open_exit(args->ret, SC_OPEN); }
+TP(syscalls, sys_exit_creat) { return open_exit(args->ret, SC_CREAT); }
+TP(syscalls, sys_exit_openat2) { return open_exit(args->ret, SC_OPENAT2); }
 
 /* ---------------------------------------------------------------------------------- unlink, rmdir */
 TP(syscalls, sys_enter_unlinkat)

@@ -76,7 +76,9 @@ struct fpol {                     /* one event type (record kind) of one generat
     u64 mode_bits;                /* type-wide approver: mode & this */
     u64 masked;                   /* union of the entries' flag masks: flags & masked == 0 leaves only "any" */
     u64 nlen[8];                  /* lengths of the name approvers, a 256-bit set per slot: a name of */
-};                                /* another length skips the name lookup (a string read and a trie walk) */
+                                  /* another length skips the name lookup (a string read and a trie walk) */
+    u64 ibloom[16];               /* the inode approvers' (dev, ino), 1024 bits (inode_bit): a file whose */
+};                                /* bit is clear skips the hash lookup (~40 ns here) */
 
 struct lpm_key {
     u32 prefixlen;
@@ -319,8 +321,19 @@ static __always_inline void slot_from_state(struct scratch *s, struct fstate *f,
 }
 
 /* --------------------------------------------------------------------------------------- lookups */
-static __always_inline int inode_ok(struct fstate *f, u32 kind, u32 slot, u64 ino, u32 dev, u64 flags)
+/* (dev, ino) -> one of 1024 bits (policy.inode_bit computes the same). */
+static __always_inline u32 inode_bit(u64 ino, u32 dev)
 {
+    return ((ino ^ ((u64)dev << 32)) * 0x9E3779B97F4A7C15ULL) >> 54;
+}
+
+static __always_inline int inode_ok(struct fstate *f, struct fpol *p, u32 kind, u32 slot, u64 ino, u32 dev, u64 flags)
+{
+    u32 bit = inode_bit(ino, dev);
+    u32 word = bit >> 6;
+    opaque(word);                                     /* keep the mask on the register that indexes */
+    if (!((p->ibloom[word & 15] >> (bit & 63)) & 1))
+        return 0;
     struct ikey k = {.ino = ino, .dev = dev, .gen = f->gen, .kind = kind, .slot = slot};
     u64 *m = pol_inodes.lookup(&k);
     return m && compat(*m, flags);
@@ -495,7 +508,7 @@ static __always_inline int pass_verdict(struct fstate *f, struct fpol *p, u32 ki
 static __always_inline int fd_verdict(struct scratch *s, struct fstate *f, struct fpol *p, u32 kind, u64 flags,
                                       u64 task)
 {
-    if ((p->has & HAS_INODE_F) && inode_ok(f, kind, SLOT_FILE, f->fi.ino, f->fi.dev, flags))
+    if ((p->has & HAS_INODE_F) && inode_ok(f, p, kind, SLOT_FILE, f->fi.ino, f->fi.dev, flags))
         return V_APPROVED;
     if ((p->has & HAS_NAME_F) && name_len_ok(p, SLOT_FILE, f->name_len) && kname_ok(f, kind, SLOT_FILE, f->name, flags))
         return V_APPROVED;

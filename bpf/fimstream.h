@@ -81,7 +81,9 @@ BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
  * and nothing can fill up, and a non-leader thread's exec keeps its slot. Measured here: an insert and a
  * delete in a hash map per syscall cost ~250 ns more than this. */
 BPF_TASK_STORAGE(inflight, struct inflight);
-BPF_HASH(ignore_pids, u32, u8, IGNORE_MAX);          /* tgids the pipeline itself runs as */
+/* The tgids the pipeline itself runs as, one bit per pid (pid_max is at most 2^22): an array lookup is
+ * inlined by the verifier, a hash lookup costs ~40 ns here, on every hooked syscall. */
+BPF_ARRAY(ignore_bits, u64, IGNORE_WORDS);
 BPF_PERCPU_ARRAY(counters, u64, NKINDS * NCOUNTERS);   /* [kind][C_*], summed by userspace */
 
 static __always_inline void tally(u32 kind, u32 what)
@@ -128,12 +130,12 @@ static __always_inline u32 rd32(u64 addr)
  * Only where the values go to map memory or the record at once: a loaded pointer keeps its BTF type in
  * the verifier, and a variable that is a pointer on one path and a scalar on another (a walk's loop
  * variables) stops state pruning: the walks stay on windows. */
-#if KDIRECT
-static void *(*kcast_)(u64 obj, u32 btf_id) = (void *)KCAST_MARKER;
-/* opaque() pins each load to its block: otherwise clang may sink a direct load and a map-value load of
- * two branches into one instruction, which the verifier refuses ("same insn cannot be used with
+/* A direct load, pinned to its block by opaque(): otherwise clang may sink a direct load and a map-value
+ * load of two branches into one instruction, which the verifier refuses ("same insn cannot be used with
  * different pointers"). */
 #define KLOAD(T, p) ({ T v_ = *(T *)(p); opaque(v_); v_; })
+#if KDIRECT
+static void *(*kcast_)(u64 obj, u32 btf_id) = (void *)KCAST_MARKER;
 #define KOBJ(W, addr) ((char *)kcast_((u64)(addr), BTF_##W))
 #define DWIN_BUF(name, W) char *name
 #define DREAD_WIN(buf, W, addr) ((buf) = KOBJ(W, addr))
@@ -155,7 +157,9 @@ static void *(*kcast_)(u64 obj, u32 btf_id) = (void *)KCAST_MARKER;
 /* The collector's own process and the other pipeline stages (ignore.pids). */
 static __always_inline int ignored(u32 tgid)
 {
-    return ignore_pids.lookup(&tgid) != 0;
+    u32 word = tgid >> 6;
+    u64 *bits = ignore_bits.lookup(&word);
+    return bits && ((*bits >> (tgid & 63)) & 1);
 }
 
 static __always_inline int is_kthread(u64 task)
@@ -423,6 +427,18 @@ static __always_inline void slot_user_path(struct scratch *s, struct file_info *
 }
 
 /* --------------------------------------------------------------------------- sys_enter / sys_exit */
+/* The current syscall's arguments, from the user registers saved at its entry (bpf_task_pt_regs, 5.15+,
+ * gives a typed pointer: plain loads). A sys_exit hook reads them there instead of a sys_enter hook
+ * stashing them: tracing a syscall at one tracepoint instead of two halves what the tracing machinery
+ * costs it. The registers are this thread's own (no other thread can change them); the user memory they
+ * point to is read at sys_exit either way. O_SYSARG0..5 come from BTF per architecture (offsets.py). */
+static long (*task_pt_regs_)(void *task) = (void *)175;   /* BPF_FUNC_task_pt_regs */
+static __always_inline char *syscall_regs(void)
+{
+    return (char *)task_pt_regs_(bpf_get_current_task_btf());
+}
+#define SYSARG(regs, n) KLOAD(u64, (regs) + O_SYSARG##n)
+
 /* The current thread's argument slot (created on first use). */
 static __always_inline struct inflight *inflight_slot(int create)
 {

@@ -99,6 +99,27 @@ class OffsetError(RuntimeError):
     pass
 
 
+# Where a syscall's arguments sit in the registers saved at entry (struct pt_regs), per architecture: a
+# sys_exit hook reads them there (SYSARG in fimstream.h) instead of a sys_enter hook stashing them.
+# aarch64 (not run here): x0 is overwritten by the return value, orig_x0 keeps the first argument.
+SYSCALL_ARG_REGS = {"x86_64": ("di", "si", "dx", "r10", "r8", "r9")}
+
+
+def syscall_args(btf: Btf, machine: str | None = None) -> dict[str, int]:
+    """O_SYSARG0..O_SYSARG5: offsets in struct pt_regs of the syscall arguments on this machine."""
+    import os
+
+    machine = machine or os.uname().machine
+    if machine == "aarch64":
+        regs = btf.offset("pt_regs", "regs").offset  # u64 regs[31] (inside user_pt_regs)
+        return {"O_SYSARG0": btf.offset("pt_regs", "orig_x0").offset,
+                **{f"O_SYSARG{i}": regs + 8 * i for i in range(1, 6)}}
+    names = SYSCALL_ARG_REGS.get(machine)
+    if names is None:
+        raise OffsetError(f"syscall argument registers are not known for {machine}")
+    return {f"O_SYSARG{i}": btf.offset("pt_regs", name).offset for i, name in enumerate(names)}
+
+
 def windows(offsets: dict[str, int]) -> dict[str, int]:
     """W_<NAME>_START (8-aligned, so every member stays naturally aligned in the copy) and W_<NAME>_LEN."""
     out = {}

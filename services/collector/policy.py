@@ -78,6 +78,11 @@ def _merge(a: int | None, b: int) -> int:
     return b if a is None else a | b
 
 
+def inode_bit(ino: int, kernel_dev: int) -> int:
+    """The bit of (dev, ino) in a type's 1024-bit inode filter (filter.h inode_bit)."""
+    return (((ino ^ (kernel_dev << 32)) * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> 54
+
+
 # ------------------------------------------------------------------------------------ compiled form
 class Compiled:
     """One KernelPolicy as map contents (independent of bcc: tests compare it with KernelPolicy.passes)."""
@@ -88,6 +93,7 @@ class Compiled:
         self.inodes: dict[tuple, int] = {}  # (ino, kernel dev, kind, slot) -> mask
         self.names: dict[tuple, int] = {}  # (kind, slot, key bytes) -> mask
         self.name_lens: dict[int, int] = {}  # kind -> the name approvers' lengths, 256 bits per slot
+        self.inode_bits: dict[int, int] = {}  # kind -> the inode approvers' inode_bit()s (1024 bits)
         self.paths: dict[tuple, list] = {}  # (kind, slot, key bytes) -> [pmask, emask, amask]
         for name, tp in policy.types.items():
             kind = KIND_OF.get(name)
@@ -101,6 +107,7 @@ class Compiled:
             for slot_name, slot in SLOTS.items():
                 for (dev, ino), m in tp.inodes.get(slot_name, {}).items():
                     self.inodes[(ino, kernel_dev(dev), kind, slot)] = _mask(m)
+                    self.inode_bits[kind] = self.inode_bits.get(kind, 0) | 1 << inode_bit(ino, kernel_dev(dev))
                     has |= HAS_INODE_F << slot
                     masked |= m
                 for name_b, m in tp.names.get(slot_name, {}).items():
@@ -242,6 +249,9 @@ class KernelFilter:
             lens = c.name_lens.get(kind, 0) if c else 0
             for i in range(8):
                 v.nlen[i] = (lens >> (64 * i)) & (2**64 - 1)
+            bits = c.inode_bits.get(kind, 0) if c else 0
+            for i in range(16):
+                v.ibloom[i] = (bits >> (64 * i)) & (2**64 - 1)
             self.fpolicy[ct.c_int(gen * R.NKINDS + kind)] = v
         if c is None:
             return

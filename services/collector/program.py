@@ -43,7 +43,8 @@ class Program:
         # how the programs read kernel memory: typed direct loads where the kernel allows (kdirect.py)
         self.reads = kdirect.probe(btf, direct_reads)
         defines = {**records.c_defines(max_depth=max_depth, ringbuf_bytes=ringbuf_bytes), **self.offsets,
-                   **offsets_mod.windows(self.offsets), **policy_limits(), **self.reads.defines}
+                   **offsets_mod.windows(self.offsets), **offsets_mod.syscall_args(btf), **policy_limits(),
+                   **self.reads.defines}
         self.sensors = []
         for sensor in sensors:  # a sensor whose kernel members are missing stays out, as a unit
             try:
@@ -81,7 +82,8 @@ class Program:
                 log.error("%s", e)
                 self.failed[sensor.name] = str(e)
         self.events_fd = self.bpf[b"events"].map_fd
-        self.ignore_pids = self.bpf[b"ignore_pids"]
+        self.ignore_bits = self.bpf[b"ignore_bits"]
+        self._ignored: set[int] = set()
         self.counters = self.bpf[b"counters"]
 
     @property
@@ -90,18 +92,18 @@ class Program:
 
     # ------------------------------------------------------------------------------- ignore list
     def set_ignored(self, pids: Iterable[int]) -> None:
-        """Make the kernel map equal to `pids` (tgids whose events are dropped in the kernel)."""
+        """Make the kernel's ignore bitmap equal to `pids` (tgids whose events are dropped in the kernel)."""
         import ctypes as ct
 
-        want = {int(p) for p in pids}
-        have = {k.value for k in self.ignore_pids.keys()}
-        for pid in have - want:
-            try:
-                del self.ignore_pids[ct.c_uint32(pid)]
-            except KeyError:
-                pass
-        for pid in want - have:
-            self.ignore_pids[ct.c_uint32(pid)] = ct.c_uint8(1)
+        want = {int(p) for p in pids if 0 <= int(p) < records.PID_LIMIT}
+        words = {pid >> 6 for pid in want ^ self._ignored}
+        for w in sorted(words):
+            bits = sum(1 << (pid & 63) for pid in want if pid >> 6 == w)
+            self.ignore_bits[ct.c_int(w)] = ct.c_uint64(bits)
+        self._ignored = want
+
+    def ignored_pids(self) -> set[int]:
+        return set(self._ignored)
 
     # ---------------------------------------------------------------------------------- counters
     def read_counters(self) -> dict[str, dict[str, int]]:

@@ -107,8 +107,12 @@ WAKE_EVERY = 64  # records per CPU between reader wake-ups (the reader also poll
 POLL_S = 0.01
 
 
+PID_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit: the ignore bitmap covers every pid
+IGNORE_WORDS = PID_LIMIT // 64
+
+
 def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, inflight_max: int = 16384,
-              ignore_max: int = 4096, wake_every: int = WAKE_EVERY) -> dict[str, int]:
+              wake_every: int = WAKE_EVERY) -> dict[str, int]:
     """Every constant the C side needs, as -D macros (offsets come from offsets.compute)."""
     page = 4096
     if ringbuf_bytes & (ringbuf_bytes - 1) or ringbuf_bytes < page:
@@ -122,7 +126,7 @@ def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, infligh
                EV_SZ=EV_SZ, EV_VAR_MASK=EV_VAR_MASK, PATH_SZ=PATH_SZ, PATH_MASK=PATH_MASK, PATH_END=PATH_END,
                STR_MAX=STR_MAX, STR_MASK=STR_MASK, NAME_MAX_=NAME_MAX, ARGS_MAX=ARGS_MAX, ARGS_MASK=ARGS_MASK,
                MAX_DEPTH=max_depth, RINGBUF_PAGES=ringbuf_bytes // page, INFLIGHT_MAX=inflight_max,
-               IGNORE_MAX=ignore_max, WAKE_EVERY=wake_every)
+               IGNORE_WORDS=IGNORE_WORDS, WAKE_EVERY=wake_every)
     return out
 
 

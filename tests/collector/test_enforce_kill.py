@@ -220,7 +220,7 @@ def test_pipeline_pids_are_never_killed(collector, kill, tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); "
                               "f = open(sys.argv[1], 'r+'); f.write('pipeline'); f.flush()", str(target)],
                              stdin=subprocess.PIPE)
-    before = {k.value for k in collector.program.ignore_pids.keys()}
+    before = collector.program.ignored_pids()
     collector.set_ignored(before | {child.pid})
     try:
         child.communicate(b"go\n", timeout=30)
