@@ -244,6 +244,10 @@ async def overhead(h: Harness, load: Load, ops: int, rounds: int, ruleset) -> di
             "collector_us_per_op": round(c, 3), "filtered_us_per_op": round(f, 3),
             "kernel_overhead_pct": round((k - b) / b * 100, 1), "overhead_pct": round((c - b) / b * 100, 1),
             "filtered_overhead_pct": round((f - b) / b * 100, 1),
+            # each round against the same round's baseline (its neighbour in time), then the median: the
+            # steadiest figure when the machine's speed drifts between rounds
+            "paired_median_overhead_pct": {m: round(statistics.median(x / y - 1 for x, y in zip(runs[m], runs["baseline"])) * 100, 1)
+                                           for m in ("kernel", "collector", "filtered")},
             "median_overhead_pct": {"kernel_only": round((mk - mb) / mb * 100, 1),
                                     "collector": round((mc - mb) / mb * 100, 1),
                                     "filtered": round((mf - mb) / mb * 100, 1)},
@@ -355,7 +359,8 @@ async def main_async(args) -> dict:
             print(f"  baseline {o['baseline_us_per_op']} us/op; sensors only {o['kernel_only_us_per_op']} us/op "
                   f"(+{o['kernel_overhead_pct']}%); whole collector {o['collector_us_per_op']} us/op "
                   f"(+{o['overhead_pct']}%, {o['events_lost_at_full_speed']} events lost at full speed); "
-                  f"rules in the kernel {o['filtered_us_per_op']} us/op (+{o['filtered_overhead_pct']}%, "
+                  f"rules in the kernel {o['filtered_us_per_op']} us/op (+{o['filtered_overhead_pct']}%; paired median "
+                  f"+{o['paired_median_overhead_pct']['filtered']}%, "
                   f"{o['filtered_events_emitted']} of {o['filtered_events_seen']} events emitted)", file=sys.stderr)
             print("realistic workload (a small build):", file=sys.stderr)
             results["realistic"] = r = await realistic(h, load, args.compiles, args.rounds, ruleset)
@@ -418,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openat+close: {o['baseline_us_per_op']} us/op without, {o['kernel_only_us_per_op']} us/op with the "
               f"sensors (+{o['kernel_overhead_pct']}%), {o['collector_us_per_op']} us/op with the whole collector "
               f"(+{o['overhead_pct']}%), {o['filtered_us_per_op']} us/op with the rules in the kernel "
-              f"(+{o['filtered_overhead_pct']}%)")
+              f"(+{o['filtered_overhead_pct']}%; paired median +{o['paired_median_overhead_pct']['filtered']}%)")
         r = results.get("realistic")
         if r:
             print(f"realistic workload ({r['workload']}): +{r['overhead_pct']}% wall time; in-kernel filter ratio "
