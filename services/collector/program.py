@@ -73,14 +73,14 @@ class Program:
         for sensor in self.sensors:
             try:
                 sensor.load(self.bpf)
-            except SensorError as e:
-                if self.reads.enabled:  # the verifier also checked every direct read against BTF
-                    e = SensorError(f"{e} ({kdirect.REFUSED})")
+            except SensorError as err:
+                # with direct reads the verifier also checked every member read against BTF: say so
+                msg = f"{err} ({kdirect.REFUSED})" if self.reads.enabled else str(err)
                 if require_all:
                     self.close()
-                    raise e from e.__cause__
-                log.error("%s", e)
-                self.failed[sensor.name] = str(e)
+                    raise SensorError(msg) from err
+                log.error("%s", msg)
+                self.failed[sensor.name] = msg
         self.events_fd = self.bpf[b"events"].map_fd
         self.ignore_bits = self.bpf[b"ignore_bits"]
         self._ignored: set[int] = set()
