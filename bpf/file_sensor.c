@@ -4,8 +4,8 @@
  *
  * Arguments are saved at sys_enter (fstash), or for the open family read from the saved registers at
  * sys_exit (syscall_regs: one tracepoint per open instead of two), and the event is judged and built at
- * sys_exit, where the result is known: a successful open is resolved from the returned fd (task->files->fdt->fd[ret]->f_path),
- * so its path is the kernel's true path whatever string, dirfd, symlink or mount the caller used. Calls
+ * sys_exit, where the result is known: a successful open is resolved from the returned fd
+ * (task->files->fdt->fd[ret]->f_path), so its path is the kernel's true path whatever string, dirfd, symlink or mount the caller used. Calls
  * that take a path but return no fd carry the caller's string (read at sys_exit, as Falco does) plus the
  * true path of the directory it is relative to; userspace canonicalises them (paths.py). `seen` is counted
  * at sys_exit with the exact event type (an open that created its file is a create).
@@ -190,11 +190,8 @@ static __always_inline void open_args(struct inflight *in, u32 sc)
 
 static __always_inline int open_exit(long ret, u32 sc)
 {
-    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
-        tally(RK_OPEN, C_SEEN);
-        tally(RK_OPEN, C_FILTERED);
+    if (drop_ignored(RK_OPEN))
         return 0;
-    }
     struct inflight in;
     open_args(&in, sc);
     struct scratch *s = scratch_get();

@@ -321,6 +321,14 @@ static __always_inline void slot_from_state(struct scratch *s, struct fstate *f,
 }
 
 /* --------------------------------------------------------------------------------------- lookups */
+/* Is `bit` set in a bit set of (words_mask + 1) u64 words (a policy entry's nlen, ibloom)? */
+static __always_inline int bit_set(u64 *words, u32 words_mask, u32 bit)
+{
+    u32 word = bit >> 6;
+    opaque(word);                                     /* keep the mask on the register that indexes */
+    return (words[word & words_mask] >> (bit & 63)) & 1;
+}
+
 /* (dev, ino) -> one of 1024 bits (policy.inode_bit computes the same). */
 static __always_inline u32 inode_bit(u64 ino, u32 dev)
 {
@@ -329,10 +337,7 @@ static __always_inline u32 inode_bit(u64 ino, u32 dev)
 
 static __always_inline int inode_ok(struct fstate *f, struct fpol *p, u32 kind, u32 slot, u64 ino, u32 dev, u64 flags)
 {
-    u32 bit = inode_bit(ino, dev);
-    u32 word = bit >> 6;
-    opaque(word);                                     /* keep the mask on the register that indexes */
-    if (!((p->ibloom[word & 15] >> (bit & 63)) & 1))
+    if (!bit_set(p->ibloom, 15, inode_bit(ino, dev)))
         return 0;
     struct ikey k = {.ino = ino, .dev = dev, .gen = f->gen, .kind = kind, .slot = slot};
     u64 *m = pol_inodes.lookup(&k);
@@ -352,9 +357,7 @@ static __always_inline int name_len_ok(struct fpol *p, u32 slot, u32 len)
 {
     if (len > LPM_DATA - 4)
         len = LPM_DATA - 4;
-    u32 word = slot * 4 + (len >> 6);
-    opaque(word);                                     /* keep the mask on the register that indexes */
-    return (p->nlen[word & 7] >> (len & 63)) & 1;
+    return bit_set(p->nlen, 7, slot * 256 + len);
 }
 
 /* A name approver on a kernel name (d_name): 1 approved, 0 not. */

@@ -129,10 +129,10 @@ static __always_inline u32 rd32(u64 addr)
  * without a window) are direct with KDIRECT=1 and windows / probe reads without it.
  * Only where the values go to map memory or the record at once: a loaded pointer keeps its BTF type in
  * the verifier, and a variable that is a pointer on one path and a scalar on another (a walk's loop
- * variables) stops state pruning: the walks stay on windows. */
-/* A direct load, pinned to its block by opaque(): otherwise clang may sink a direct load and a map-value
- * load of two branches into one instruction, which the verifier refuses ("same insn cannot be used with
- * different pointers"). */
+ * variables) stops state pruning: the walks stay on windows.
+ * KLOAD: a direct load, pinned to its block by opaque(): otherwise clang may sink a direct load and a
+ * map-value load of two branches into one instruction, which the verifier refuses ("same insn cannot be
+ * used with different pointers"). */
 #define KLOAD(T, p) ({ T v_ = *(T *)(p); opaque(v_); v_; })
 #if KDIRECT
 static void *(*kcast_)(u64 obj, u32 btf_id) = (void *)KCAST_MARKER;
@@ -160,6 +160,16 @@ static __always_inline int ignored(u32 tgid)
     u32 word = tgid >> 6;
     u64 *bits = ignore_bits.lookup(&word);
     return bits && ((*bits >> (tgid & 63)) & 1);
+}
+
+/* A hooked syscall of an ignored caller: counted seen + filtered, nothing else is done. */
+static __always_inline int drop_ignored(u32 kind)
+{
+    if (!ignored(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    tally(kind, C_SEEN);
+    tally(kind, C_FILTERED);
+    return 1;
 }
 
 static __always_inline int is_kthread(u64 task)
@@ -451,15 +461,10 @@ static __always_inline struct inflight *inflight_slot(int create)
 static __always_inline int stash_args(u32 kind, int seen_at_exit, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4,
                                       u64 a5)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    if (drop_ignored(kind))
+        return 0;
     if (!seen_at_exit)
         tally(kind, C_SEEN);
-    if (ignored(id >> 32)) {
-        if (seen_at_exit)
-            tally(kind, C_SEEN);
-        tally(kind, C_FILTERED);
-        return 0;
-    }
     struct inflight *in = inflight_slot(1);
     if (!in) {
         if (seen_at_exit)

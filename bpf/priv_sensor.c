@@ -91,11 +91,9 @@ static __always_inline void ns_read(u32 *ns, u64 task)
 static __always_inline int priv_enter(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2)
 {
     u64 id = bpf_get_current_pid_tgid();
-    tally(kind, C_SEEN);
-    if (ignored(id >> 32)) {
-        tally(kind, C_FILTERED);
+    if (drop_ignored(kind))
         return 0;
-    }
+    tally(kind, C_SEEN);
     u64 task = bpf_get_current_task();
     struct priv_in in = {};
     in.sc = sc;

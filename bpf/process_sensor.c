@@ -72,11 +72,9 @@ static __always_inline int slot_pseudo(struct scratch *s, struct file_info *fi, 
 TP(sched, sched_process_exec)
 {
     u64 task = bpf_get_current_task();
-    tally(RK_EXEC, C_SEEN);
-    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
-        tally(RK_EXEC, C_FILTERED);
+    if (drop_ignored(RK_EXEC))
         return 0;
-    }
+    tally(RK_EXEC, C_SEEN);
     struct scratch *s = scratch_get();
     if (!s)
         return 0;

@@ -198,11 +198,9 @@ static __always_inline int open_complete(u64 req, s64 res)
     bpf_probe_read_kernel(&op, 1, (void *)(req + O_IO_KIOCB_OPCODE));
     if (op != IOP_OPENAT && op != IOP_OPENAT2)
         return 0;
-    tally(RK_URING_OPEN, C_SEEN);
-    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
-        tally(RK_URING_OPEN, C_FILTERED);
+    if (drop_ignored(RK_URING_OPEN))
         return 0;
-    }
+    tally(RK_URING_OPEN, C_SEEN);
     __builtin_memset(&p, 0, sizeof(p));
     p.sc = op == IOP_OPENAT2 ? SC_IO_URING_OPENAT2 : SC_IO_URING_OPENAT;
     p.dfd = AT_FDCWD_;
@@ -276,11 +274,9 @@ static __always_inline int path_submit(u64 req, u8 op, u64 rflags, u64 user_data
 /* ----------------------------------------------------------------------------------- read, write */
 static __always_inline int rw_submit(u64 req, u8 op, u32 what, u64 rflags, u64 user_data)
 {
-    tally(RK_URING_RW, C_SEEN);
-    if (ignored(bpf_get_current_pid_tgid() >> 32)) {
-        tally(RK_URING_RW, C_FILTERED);
+    if (drop_ignored(RK_URING_RW))
         return 0;
-    }
+    tally(RK_URING_RW, C_SEEN);
     s32 fd = (s32)rd32(req + O_IO_KIOCB_CQE_FD);
     u32 fixed = (rflags & (1ULL << REQ_F_FIXED_FILE_BIT_)) != 0;
     u64 task = bpf_get_current_task();
@@ -332,11 +328,9 @@ TP(io_uring, io_uring_submit_req)
     u64 req = (u64)args->req;
     u8 op = args->opcode;
     if (op == IOP_OPENAT || op == IOP_OPENAT2) {
-        tally(RK_URING_OPEN, C_SEEN);
-        if (ignored(bpf_get_current_pid_tgid() >> 32)) {
-            tally(RK_URING_OPEN, C_FILTERED);
+        if (drop_ignored(RK_URING_OPEN))
             return 0;
-        }
+        tally(RK_URING_OPEN, C_SEEN);
         return open_submit(req, op, args->flags, args->user_data);
     }
     if (op == IOP_READ || op == IOP_READV || op == IOP_READ_FIXED || op == IOP_READV_FIXED || op == IOP_READ_MULTISHOT)
@@ -346,11 +340,9 @@ TP(io_uring, io_uring_submit_req)
     if (op == IOP_CLOSE)
         return close_submit(req, args->flags);
     if (op == IOP_UNLINKAT || op == IOP_RENAMEAT || op == IOP_MKDIRAT || op == IOP_SYMLINKAT || op == IOP_LINKAT) {
-        tally(RK_URING_PATH, C_SEEN);
-        if (ignored(bpf_get_current_pid_tgid() >> 32)) {
-            tally(RK_URING_PATH, C_FILTERED);
+        if (drop_ignored(RK_URING_PATH))
             return 0;
-        }
+        tally(RK_URING_PATH, C_SEEN);
         return path_submit(req, op, args->flags, args->user_data);
     }
     return 0;

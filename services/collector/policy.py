@@ -83,6 +83,12 @@ def inode_bit(ino: int, kernel_dev: int) -> int:
     return (((ino ^ (kernel_dev << 32)) * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> 54
 
 
+def _words(array, bits: int) -> None:
+    """A bit set (an int) into a u64 array field of a map entry (filter.h bit_set reads it)."""
+    for i in range(len(array)):
+        array[i] = (bits >> (64 * i)) & (2**64 - 1)
+
+
 # ------------------------------------------------------------------------------------ compiled form
 class Compiled:
     """One KernelPolicy as map contents (independent of bcc: tests compare it with KernelPolicy.passes)."""
@@ -246,12 +252,8 @@ class KernelFilter:
             v = self.fpolicy.Leaf()
             mode, has, flags, mode_bits, masked = c.types.get(kind, (0, 0, 0, 0, 0)) if c else (0, 0, 0, 0, 0)
             v.mode, v.has, v.flags, v.mode_bits, v.masked = mode, has, flags, mode_bits, masked
-            lens = c.name_lens.get(kind, 0) if c else 0
-            for i in range(8):
-                v.nlen[i] = (lens >> (64 * i)) & (2**64 - 1)
-            bits = c.inode_bits.get(kind, 0) if c else 0
-            for i in range(16):
-                v.ibloom[i] = (bits >> (64 * i)) & (2**64 - 1)
+            _words(v.nlen, c.name_lens.get(kind, 0) if c else 0)
+            _words(v.ibloom, c.inode_bits.get(kind, 0) if c else 0)
             self.fpolicy[ct.c_int(gen * R.NKINDS + kind)] = v
         if c is None:
             return
