@@ -192,15 +192,12 @@ static __always_inline int open_exit(long ret, u32 sc)
 {
     if (drop_ignored(RK_OPEN))
         return 0;
-    struct inflight in;
-    open_args(&in, sc);
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
         return 0;
     u64 task = bpf_get_current_task();
     filter_begin(f);
-    u64 flags = in.a[2];
     u64 file = 0;
     u32 kind = RK_OPEN;
     if (ret >= 0) {
@@ -211,14 +208,22 @@ static __always_inline int open_exit(long ret, u32 sc)
     }
     tally(kind, C_SEEN);
     struct fpol *p = policy_of(f, kind);
-    int v = prefilter(p, flags, in.a[3]);
+    /* most opens are settled by their file alone, before the arguments are read */
+    int v = file ? fd_quick(f, p, kind, task) : V_CONTINUE;
+    struct inflight in = {};
+    u64 flags = 0;
     if (v == V_CONTINUE) {
-        if (ret < 0)
-            v = str_verdict(s, f, p, kind, SLOT_FILE, in.a[0], in.a[1], flags, task, 0);
-        else
-            v = file ? fd_verdict(s, f, p, kind, flags, task) : V_UNSURE;
-    } else if (v == V_PASS && ret >= 0) {
-        v = pass_verdict(f, p, kind, task);
+        open_args(&in, sc);
+        flags = in.a[2];
+        v = prefilter(p, flags, in.a[3]);
+        if (v == V_CONTINUE) {
+            if (ret < 0)
+                v = str_verdict(s, f, p, kind, SLOT_FILE, in.a[0], in.a[1], flags, task, 0);
+            else
+                v = file ? fd_verdict(s, f, p, kind, flags, task) : V_UNSURE;
+        } else if (v == V_PASS && ret >= 0) {
+            v = pass_verdict(f, p, kind, task);
+        }
     }
     if (!settle(kind, v))
         return 0;

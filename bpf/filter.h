@@ -165,6 +165,12 @@ struct lexroot {                  /* a scanned mount namespace: the root its lex
 };
 BPF_HASH(lexical_ns, u32, struct lexroot, 1024);              /* mount namespaces whose symlinks are known */
 BPF_TABLE("lru_hash", struct dkey, struct dval, discarders, DISCARDERS_MAX);
+struct dhit {                     /* a discarder that dropped an event, kept per CPU (see discarded()) */
+    struct dkey dk;
+    struct dval dv;
+};
+#define DHITS 256
+BPF_PERCPU_ARRAY(dhits, struct dhit, DHITS);
 BPF_TABLE("lru_hash", struct ckey, struct cand, dcand, CANDIDATES_MAX);
 BPF_TABLE("lru_hash", u64, u64, written, WRITTEN_MAX);         /* struct file * -> policy generation + 1 */
 BPF_PERCPU_ARRAY(fstate_map, struct fstate, 1);
@@ -243,7 +249,7 @@ static __always_inline u64 fd_file_of(u64 task, s64 fd)
     DREAD_WIN(fdt, W_FDT, KRD64(W_FILES, KRD64(W_TASK, task, O_TASK_FILES), O_FILES_FDT));
     if ((u64)fd >= DWIN32(fdt, W_FDT, O_FDT_MAX_FDS))
         return 0;
-    return rd64(DWIN64(fdt, W_FDT, O_FDT_FD) + (u64)fd * 8);
+    return KRDV64(DWIN64(fdt, W_FDT, O_FDT_FD) + (u64)fd * 8);
 }
 
 static __always_inline void fs_read(struct fstate *f, u64 task)
@@ -335,9 +341,15 @@ static __always_inline u32 inode_bit(u64 ino, u32 dev)
     return ((ino ^ ((u64)dev << 32)) * 0x9E3779B97F4A7C15ULL) >> 54;
 }
 
+/* May an inode approver of this type name (dev, ino)? (1024-bit filter: no means no) */
+static __always_inline int inode_maybe(struct fpol *p, u64 ino, u32 dev)
+{
+    return bit_set(p->ibloom, 15, inode_bit(ino, dev));
+}
+
 static __always_inline int inode_ok(struct fstate *f, struct fpol *p, u32 kind, u32 slot, u64 ino, u32 dev, u64 flags)
 {
-    if (!bit_set(p->ibloom, 15, inode_bit(ino, dev)))
+    if (!inode_maybe(p, ino, dev))
         return 0;
     struct ikey k = {.ino = ino, .dev = dev, .gen = f->gen, .kind = kind, .slot = slot};
     u64 *m = pol_inodes.lookup(&k);
@@ -422,18 +434,43 @@ static __always_inline void dkey_fill(struct fstate *f)
     f->dk.root_mnt = f->root_mnt;
 }
 
-/* restricted: 1 the event's flags leave only "any" approvers, 0 not, 2 a pass-mode type (rules only) */
+/* Does entry v drop this event? restricted: 1 the event's flags leave only "any" approvers, 0 not, 2 a
+ * pass-mode type (rules only). */
+static __always_inline int drops(struct fstate *f, struct dval *v, u32 kind, int restricted)
+{
+    u64 kbits = restricted == 2 ? 0 : (restricted ? v->rbits : v->fbits);
+    return v->epoch == f->epoch && ((v->ubits | kbits) >> (kind & 63)) & 1;
+}
+
+static __always_inline int dkey_eq(struct dkey *a, struct dkey *b)
+{
+    return a->dentry == b->dentry && a->mnt == b->mnt && a->root_dentry == b->root_dentry && a->root_mnt == b->root_mnt;
+}
+
+/* The discarder of f->dk, checked against the parent's dentry. The last entry that dropped an event is
+ * kept per CPU in a slot chosen by the parent dentry (dhits: an inlined array lookup, where the LRU hash
+ * costs ~60-100 ns here with its 32-byte key). Only drops are kept and an entry only gains bits within its
+ * epoch, so a kept copy is never wrong, at most behind: a miss there falls back to the LRU map. */
 static __always_inline int discarded(struct fstate *f, u32 kind, int restricted)
 {
+    u32 slot = ((f->dk.dentry >> 6) * 0x9E3779B97F4A7C15ULL) >> 56;
+    struct dhit *h = dhits.lookup(&slot);
+    if (h && dkey_eq(&h->dk, &f->dk) && drops(f, &h->dv, kind, restricted)) {
+        parent_window(f);
+        if (entry_current(f, &h->dv))
+            return 1;
+    }
     struct dval *v = discarders.lookup(&f->dk);
-    if (!v || v->epoch != f->epoch)
-        return 0;
-    u64 bit = 1ULL << (kind & 63);
-    u64 kbits = restricted == 2 ? 0 : (restricted ? v->rbits : v->fbits);
-    if (!((v->ubits | kbits) & bit))
+    if (!v || !drops(f, v, kind, restricted))
         return 0;
     parent_window(f);
-    return entry_current(f, v);
+    if (!entry_current(f, v))
+        return 0;
+    if (h) {
+        __builtin_memcpy(&h->dk, &f->dk, sizeof(h->dk));
+        __builtin_memcpy(&h->dv, v, sizeof(h->dv));
+    }
+    return 1;
 }
 
 static __always_inline void dval_fill(struct fstate *f, struct dval *v)
@@ -506,6 +543,31 @@ static __always_inline int pass_verdict(struct fstate *f, struct fpol *p, u32 ki
     fs_read(f, task);
     dkey_fill(f);
     return discarded(f, kind, 2) ? V_DISCARDED : V_PASS;
+}
+
+/* What an fd-based event's file alone settles, before the syscall's flags are read (reading them costs
+ * ~50 ns): V_FILTERED, V_DISCARDED, or V_CONTINUE for prefilter() and fd_verdict(). The same order as
+ * those two: anything a flag could change (a type-wide approver, an inode or name approver that may
+ * exist, a discarder entry that holds for unflagged events only) continues. */
+static __always_inline int fd_quick(struct fstate *f, struct fpol *p, u32 kind, u64 task)
+{
+    if (!p || p->mode == MODE_PASS)
+        return V_CONTINUE;
+    if (p->mode == MODE_DROP)
+        return V_FILTERED;
+    if (p->flags || p->mode_bits)
+        return V_CONTINUE;
+    if ((p->has & HAS_INODE_F) && inode_maybe(p, f->fi.ino, f->fi.dev))
+        return V_CONTINUE;
+    if ((p->has & HAS_NAME_F) && name_len_ok(p, SLOT_FILE, f->name_len))
+        return V_CONTINUE;
+    if (p->has & HAS_EXE)
+        return V_CONTINUE;
+    if (!(p->has & HAS_PATH_F))
+        return V_FILTERED;
+    fs_read(f, task);
+    dkey_fill(f);
+    return discarded(f, kind, 0) ? V_DISCARDED : V_CONTINUE;
 }
 
 static __always_inline int fd_verdict(struct scratch *s, struct fstate *f, struct fpol *p, u32 kind, u64 flags,

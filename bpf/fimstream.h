@@ -153,6 +153,13 @@ static void *(*kcast_)(u64 obj, u32 btf_id) = (void *)KCAST_MARKER;
 #define KRD64(W, addr, off) rd64((u64)(addr) + (off))
 #define KRD32(W, addr, off) rd32((u64)(addr) + (off))
 #endif
+/* KRDV64(addr): a u64 at an address with no struct to name (an fd table slot): direct through an untyped
+ * cast where the kernel takes bpf_rdonly_cast(addr, 0) (KVOID), else a probe read. */
+#if KDIRECT && KVOID
+#define KRDV64(addr) KLOAD(u64, (char *)kcast_((u64)(addr), 0))
+#else
+#define KRDV64(addr) rd64((u64)(addr))
+#endif
 
 /* The collector's own process and the other pipeline stages (ignore.pids). */
 static __always_inline int ignored(u32 tgid)

@@ -10,6 +10,8 @@ bcc 0.26 cannot emit kfunc calls, so the C code (fimstream.h, KDIRECT) calls a m
 `patch()` rewrites each such call in the compiled module into the kfunc call before any program loads.
 `probe()` first asks the kernel whether a tracepoint program may make that call at all (a 5-instruction
 load); if not, the programs are built with KDIRECT=0 and read through probe-read windows as before.
+Kernels that also accept `bpf_rdonly_cast(addr, 0)` (an untyped read-only pointer, any offset; 6.16+) get
+KVOID=1: the few reads with no struct to name (an fd table slot) become plain loads too.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from fimstream.collector.btf import Btf, BtfError
-from fimstream.collector.bpfsys import BPF_PROG_TYPE_TRACEPOINT, EXIT, call_kfunc, mov64_imm, prog_load
+from fimstream.collector.bpfsys import BPF_PROG_TYPE_TRACEPOINT, EXIT, call_kfunc, insn, mov64_imm, prog_load
 
 KFUNC = "bpf_rdonly_cast"
 REFUSED = ("programs read kernel structs directly: the verifier checks each read against this kernel's BTF, "
@@ -42,12 +44,21 @@ class DirectReads:
     defines: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return "direct (bpf_rdonly_cast)" if self.enabled else f"probe reads ({self.reason})"
+        if not self.enabled:
+            return f"probe reads ({self.reason})"
+        return "direct (bpf_rdonly_cast" + (", untyped too)" if self.defines.get("KVOID") else ")")
+
+
+def _accepts(code: bytes) -> tuple[bool, str]:
+    fd, why = prog_load(BPF_PROG_TYPE_TRACEPOINT, code, log_size=4096)
+    if fd >= 0:
+        os.close(fd)
+    return fd >= 0, why
 
 
 def probe(btf: Btf, want: bool = True) -> DirectReads:
     """Decide how the programs read kernel memory; never raises."""
-    off = {"KDIRECT": 0, "KCAST_MARKER": MARKER}
+    off = {"KDIRECT": 0, "KVOID": 0, "KCAST_MARKER": MARKER}
     if not want:
         return DirectReads(False, "disabled by configuration (direct_reads: false)", defines=off)
     try:
@@ -55,12 +66,13 @@ def probe(btf: Btf, want: bool = True) -> DirectReads:
         ids = {f"BTF_{tag}": btf.find(name) for tag, name in TYPES.items()}
     except BtfError as e:
         return DirectReads(False, str(e), defines=off)
-    code = mov64_imm(1, 0) + mov64_imm(2, ids["BTF_W_TASK"]) + call_kfunc(kfunc_id) + mov64_imm(0, 0) + EXIT
-    fd, why = prog_load(BPF_PROG_TYPE_TRACEPOINT, code, log_size=4096)
-    if fd < 0:
+    ok, why = _accepts(mov64_imm(1, 0) + mov64_imm(2, ids["BTF_W_TASK"]) + call_kfunc(kfunc_id) + mov64_imm(0, 0) + EXIT)
+    if not ok:
         return DirectReads(False, f"the kernel refused {KFUNC} in a tracepoint program: {why}", defines=off)
-    os.close(fd)
-    return DirectReads(True, "ok", kfunc_id, {"KDIRECT": 1, "KCAST_MARKER": MARKER, **ids})
+    # untyped: cast with btf_id 0, then a load at an offset no struct was named for (r0 = *(u64 *)(r0 + 8))
+    void, _ = _accepts(mov64_imm(1, 0) + mov64_imm(2, 0) + call_kfunc(kfunc_id) + insn(0x79, 0, 0, 8) +
+                       mov64_imm(0, 0) + EXIT)
+    return DirectReads(True, "ok", kfunc_id, {"KDIRECT": 1, "KVOID": int(void), "KCAST_MARKER": MARKER, **ids})
 
 
 def patch(bpf, kfunc_id: int) -> int:

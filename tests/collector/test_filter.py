@@ -120,6 +120,53 @@ def test_kernel_discarders_drop_repeats_and_a_rename_of_an_ancestor_invalidates_
     assert [e.file.path for e in events] == [b(moved / "f0")]
 
 
+def kept_drops(collector) -> set[int]:
+    """Parent dentries in this CPU set's per-CPU kept discarder drops (dhits)."""
+    table = collector.program.bpf[b"dhits"]
+    return {v.dk.dentry for i in range(table.max_entries) for v in table[ctypes.c_int(i)] if v.dk.dentry}
+
+
+def test_kept_drops_follow_the_epoch_and_the_policy(filtering, capture, d):
+    """On one CPU the drops come from the per-CPU copy of the discarder (dhits), not the LRU map: a
+    rename of an ancestor and a policy reload must still end them, and a discarder that only covers
+    unflagged opens must not drop a write."""
+    leaf = d / "k" / "plain"
+    leaf.mkdir(parents=True)
+    (d / "watched").mkdir()
+    for i in range(30):
+        (leaf / f"f{i}").write_bytes(b"")
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        rules = f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/watched/**" || ' \
+                f'(open.file.path =~ "{d}/k/plain/**" && open.flags & O_WRONLY > 0)\n'
+        filtering.use(rules)
+        kept = kept_drops(filtering.collector)
+
+        def opens():
+            for i in range(30):
+                os.close(os.open(leaf / f"f{i}", os.O_RDONLY))
+
+        before = filtering.counters()
+        assert under(capture(opens), "open", d) == []
+        assert filtering.delta(filtering.counters(), before)["open"]["discarded"] >= 28
+        assert len(kept_drops(filtering.collector) - kept) >= 1  # the repeats were dropped from the copy
+        # a write-open there is approved: the entry holds for opens without the approvers' flags only
+        events = under(capture(lambda: os.close(os.open(leaf / "f0", os.O_WRONLY))), "open", d)
+        assert [e.file.path for e in events] == [b(leaf / "f0")]
+        os.rename(d / "k", d / "watched" / "k")
+        moved = d / "watched" / "k" / "plain"
+        events = under(capture(lambda: os.close(os.open(moved / "f1", os.O_RDONLY))), "open", d)
+        assert [e.file.path for e in events] == [b(moved / "f1")]
+        os.rename(d / "watched" / "k", d / "k")
+        capture(opens)  # learned and kept again under the old name
+        filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/k/**"\n')
+        events = under(capture(lambda: os.close(os.open(leaf / "f2", os.O_RDONLY))), "open", d)
+        assert [e.file.path for e in events] == [b(leaf / "f2")]
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def test_rule_discarders_learned_from_emitted_events(filtering, capture, d):
     """The approver (prefix d/) lets d/skip/ through, but no rule can match there: userspace asks
     RuleSet.can_discard and puts the directory in the kernel's discarder map."""

@@ -39,11 +39,13 @@ def test_kernel_accepts_the_kfunc_here():
     assert reads.enabled, reads.reason
     assert reads.defines["KDIRECT"] == 1 and reads.kfunc_id > 0
     assert all(reads.defines[f"BTF_{tag}"] > 0 for tag in kdirect.TYPES)
+    # 6.16+ also takes an untyped cast (btf_id 0): the fd table slot is then a plain load too
+    assert reads.defines["KVOID"] == 1 and "untyped" in str(reads)
 
 
 def test_disabled_on_request():
     reads = kdirect.probe(Btf.load(), want=False)
-    assert not reads.enabled and reads.defines["KDIRECT"] == 0
+    assert not reads.enabled and reads.defines["KDIRECT"] == 0 and reads.defines["KVOID"] == 0
     assert "direct_reads: false" in str(reads)
 
 
