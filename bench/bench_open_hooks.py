@@ -2,9 +2,11 @@
 
     sudo .venv/bin/python bench/bench_open_hooks.py [--rounds 30] [--ops 60000] [--name-length 5] [--json]
 
-Many short rounds, interleaved: the loop without anything attached, with two *empty* programs on
-sys_enter_openat / sys_exit_openat (the floor of tracing a syscall with tracepoints), and with the whole
-collector and the default pack in the kernel. Each round is compared with the same round's baseline and
+Many short rounds, interleaved: the loop without anything attached, with one *empty* program on
+sys_exit_openat (the floor of the collector's design: opens are traced at sys_exit alone), with two on
+sys_enter_openat + sys_exit_openat (the floor of a design that stashes arguments at sys_enter), with empty
+programs on every hook the collector attaches (what its tracepoints cost before any program does work), and
+with the whole collector and the default pack in the kernel. Each round is compared with the same round's baseline and
 the median of those ratios is reported: on a shared machine whose speed drifts by 20% between seconds,
 that is steadier than the fastest round. The last collector round runs with kernel.bpf_stats_enabled and
 prints each hook's program time (bpf_stats itself adds ~80 ns per run).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -59,16 +62,26 @@ def main(argv: list[str] | None = None) -> int:
         c.set_ignored({os.getpid()})
         c.scan_symlinks()
         c.load_rules(load_rules(args.rules))
-        empty = BPF(text=b"int empty(void *ctx) { return 0; }")
-        floor = [b"syscalls:sys_enter_openat", b"syscalls:sys_exit_openat"]
+        empty = BPF(text=b"int empty(void *ctx) { return 0; }\n"
+                         b"int rawempty(struct bpf_raw_tracepoint_args *ctx) { return 0; }")
+        hook_set = list({h.target: h for s in c.sensors for h in s.hooks}.values())  # one program per hook
+        floors = {"empty_exit_tracepoint": [b"syscalls:sys_exit_openat"],
+                  "empty_tracepoints": [b"syscalls:sys_enter_openat", b"syscalls:sys_exit_openat"]}
 
         def attach(mode: str, on: bool) -> None:
             if mode == "collector":
                 for s in c.sensors:
                     if on != s.loaded:
                         (s.load if on else s.unload)(c.program.bpf)
-            elif mode == "empty_tracepoints":
-                for tp in floor:
+            elif mode == "empty_hook_set":
+                for h in hook_set:
+                    tp = h.target.encode()
+                    if h.raw:
+                        (empty.attach_raw_tracepoint(tp=tp, fn_name=b"rawempty") if on else empty.detach_raw_tracepoint(tp=tp))
+                    else:
+                        (empty.attach_tracepoint(tp=tp, fn_name=b"empty") if on else empty.detach_tracepoint(tp=tp))
+            else:
+                for tp in floors.get(mode, []):
                     (empty.attach_tracepoint(tp=tp, fn_name=b"empty") if on else empty.detach_tracepoint(tp=tp))
 
         def run() -> float:
@@ -80,14 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             n, ns = proc.stdout.read().split()
             return float(ns) / int(n)
 
-        runs: dict[str, list[float]] = {"baseline": [], "empty_tracepoints": [], "collector": []}
+        runs: dict[str, list[float]] = {"baseline": [], "empty_exit_tracepoint": [], "empty_tracepoints": [],
+                                        "empty_hook_set": [], "collector": []}
         attach("collector", False)
         hooks = {}
         try:
             for r in range(args.rounds):
-                for mode in runs:
+                order = list(runs)
+                random.Random(r).shuffle(order)  # no mode always runs first (or right after another)
+                for mode in order:
                     attach(mode, True)
-                    last = mode == "collector" and r == args.rounds - 1
+                    last = mode == "collector" and r == args.rounds - 1  # bpf_stats on the last round only
                     if last:
                         Path(STATS).write_text("1")
                         before = prog_stats(c.program.bpf)
@@ -104,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(STATS).write_text("0")
             c.close()
     paired = {m: round(statistics.median(x / y - 1 for x, y in zip(runs[m], runs["baseline"])) * 100, 1)
-              for m in ("empty_tracepoints", "collector")}
+              for m in runs if m != "baseline"}
     out = {"rounds": args.rounds, "ops_per_round": args.ops, "file_name_length": load.width + 1,
            "baseline_ns_per_op_median": round(statistics.median(runs["baseline"])),
            "paired_median_overhead_pct": paired, "hook_program_ns": hooks,
@@ -113,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(f"openat+close, {args.rounds} rounds of {args.ops:,} ops (median {out['baseline_ns_per_op_median']} ns/op "
-              f"without): two empty syscall tracepoints {paired['empty_tracepoints']:+}%, the collector with the "
-              f"default pack {paired['collector']:+}% (paired medians)")
+              f"without), paired medians: one empty syscall tracepoint {paired['empty_exit_tracepoint']:+}%, two "
+              f"{paired['empty_tracepoints']:+}%, empty programs on the collector's {len(hook_set)} hooks "
+              f"{paired['empty_hook_set']:+}%, the collector with the default pack {paired['collector']:+}%")
         for name, ns in sorted(hooks.items()):
             print(f"  {name}: {ns} ns per run (bpf_stats)")
     return 0
