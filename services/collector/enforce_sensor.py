@@ -140,6 +140,10 @@ class EnforceSensor(Sensor):
     def attached(self) -> list[str]:
         return sorted(self._perf_fds)
 
+    @property
+    def attached_hooks(self) -> list[Hook]:
+        return [h for h in self.hooks if h.target in self._perf_fds]
+
     def _set_attached(self, wanted: set[str]) -> None:
         from bcc import lib
 

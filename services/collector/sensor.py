@@ -87,6 +87,11 @@ class Sensor:
             raise SensorError(f"sensor {self.name}: {hook.fn} on {hook.target}: {e}") from e
         self.loaded = True
 
+    @property
+    def attached_hooks(self) -> list[Hook]:
+        """The hooks whose programs are in the kernel now."""
+        return list(self._attached)
+
     def unload(self, bpf) -> None:
         for hook in reversed(self._attached):
             try:
