@@ -2,16 +2,17 @@
  * link, symlink, mkdir, mknod, setxattr, shared writable mmap, memfd_create, mount/umount/move_mount, on
  * syscall tracepoints, filtered in the kernel by the rules (filter.h) before a record is built.
  *
- * Arguments are saved at sys_enter (fstash), or for the open family read from the saved registers at
- * sys_exit (syscall_regs: one tracepoint per open instead of two), and the event is judged and built at
- * sys_exit, where the result is known: a successful open is resolved from the returned fd
+ * Each call is traced at sys_exit alone, its arguments read from the registers saved at its entry
+ * (EXIT_ARGS, syscall_regs: one tracepoint per syscall instead of two), and judged and built there, where
+ * the result is known: a successful open is resolved from the returned fd
  * (task->files->fdt->fd[ret]->f_path), so its path is the kernel's true path whatever string, dirfd, symlink or mount the caller used. Calls
  * that take a path but return no fd carry the caller's string (read at sys_exit, as Falco does) plus the
  * true path of the directory it is relative to; userspace canonicalises them (paths.py). `seen` is counted
  * at sys_exit with the exact event type (an open that created its file is a create).
  *
  * Writes: only the first write to a file per open is an event (`written`: struct file * -> policy
- * generation, forgotten when a new open reuses the pointer), judged and recorded at sys_enter.
+ * generation, forgotten when a new open reuses the pointer), judged and recorded at sys_enter: the one
+ * entry hook, as a write is traced once either way and its fd is in the tracepoint's record there.
  */
 #include "fimstream.h"
 
@@ -257,26 +258,9 @@ TP(syscalls, sys_exit_creat) { return open_exit(args->ret, SC_CREAT); }
 TP(syscalls, sys_exit_openat2) { return open_exit(args->ret, SC_OPENAT2); }
 
 /* ---------------------------------------------------------------------------------- unlink, rmdir */
-TP(syscalls, sys_enter_unlinkat)
+static __always_inline int unlink_exit(struct inflight *args_in, long ret)
 {
-    return fstash(RK_UNLINK, SC_UNLINKAT, args->dfd, (u64)args->pathname, args->flag, 0, 0, 0);
-}
-
-TP(syscalls, sys_enter_unlink)
-{
-    return fstash(RK_UNLINK, SC_UNLINK, AT_FDCWD_, (u64)args->pathname, 0, 0, 0, 0);
-}
-
-TP(syscalls, sys_enter_rmdir)
-{
-    return fstash(RK_RMDIR, SC_RMDIR, AT_FDCWD_, (u64)args->pathname, 0x200 /* AT_REMOVEDIR */, 0, 0, 0);
-}
-
-static __always_inline int unlink_exit(long ret)
-{
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -307,28 +291,23 @@ static __always_inline int unlink_exit(long ret)
     return 0;
 }
 
-TP(syscalls, sys_exit_unlinkat) { return unlink_exit(args->ret); }
-TP(syscalls, sys_exit_unlink) { return unlink_exit(args->ret); }
-TP(syscalls, sys_exit_rmdir) { return unlink_exit(args->ret); }
+TP(syscalls, sys_exit_unlinkat)
+{
+    EXIT_ARGS(RK_UNLINK, SC_UNLINKAT, REGI(0), REG(1), REGU(2), 0, 0, 0);
+    return unlink_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_unlink)
+{
+    EXIT_ARGS(RK_UNLINK, SC_UNLINK, AT_FDCWD_, REG(0), 0, 0, 0, 0);
+    return unlink_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_rmdir)
+{
+    EXIT_ARGS(RK_RMDIR, SC_RMDIR, AT_FDCWD_, REG(0), 0x200 /* AT_REMOVEDIR */, 0, 0, 0);
+    return unlink_exit(&in, args->ret);
+}
 
 /* ----------------------------------------------------------------------------------------- rename */
-TP(syscalls, sys_enter_renameat2)
-{
-    return fstash(RK_RENAME, SC_RENAMEAT2, args->olddfd, (u64)args->oldname, args->newdfd,
-                  (u64)args->newname, args->flags, 0);
-}
-
-TP(syscalls, sys_enter_renameat)
-{
-    return fstash(RK_RENAME, SC_RENAMEAT, args->olddfd, (u64)args->oldname, args->newdfd,
-                  (u64)args->newname, 0, 0);
-}
-
-TP(syscalls, sys_enter_rename)
-{
-    return fstash(RK_RENAME, SC_RENAME, AT_FDCWD_, (u64)args->oldname, AT_FDCWD_, (u64)args->newname, 0, 0);
-}
-
 /* Two path strings: approved when either is, unsure when either is. */
 static __always_inline int pair_verdict(struct scratch *s, struct fstate *f, struct fpol *p, u32 kind,
                                         struct inflight *in, u64 flags, u64 task, int raw_target)
@@ -375,11 +354,9 @@ static __always_inline void rename_judge(struct inflight in, long ret)
     emit(s, RK_RENAME);
 }
 
-static __always_inline int rename_exit(void *ctx, long ret)
+static __always_inline int rename_exit(void *ctx, struct inflight *args_in, long ret)
 {
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    struct inflight in = *args_in;
     rename_judge(in, ret);
     struct fstate *f = fstate_get();
     if (ret == 0 && f)
@@ -387,32 +364,23 @@ static __always_inline int rename_exit(void *ctx, long ret)
     return 0;
 }
 
-TP(syscalls, sys_exit_renameat2) { return rename_exit(args, args->ret); }
-TP(syscalls, sys_exit_renameat) { return rename_exit(args, args->ret); }
-TP(syscalls, sys_exit_rename) { return rename_exit(args, args->ret); }
+TP(syscalls, sys_exit_renameat2)
+{
+    EXIT_ARGS(RK_RENAME, SC_RENAMEAT2, REGI(0), REG(1), REGI(2), REG(3), REGU(4), 0);
+    return rename_exit(args, &in, args->ret);
+}
+TP(syscalls, sys_exit_renameat)
+{
+    EXIT_ARGS(RK_RENAME, SC_RENAMEAT, REGI(0), REG(1), REGI(2), REG(3), 0, 0);
+    return rename_exit(args, &in, args->ret);
+}
+TP(syscalls, sys_exit_rename)
+{
+    EXIT_ARGS(RK_RENAME, SC_RENAME, AT_FDCWD_, REG(0), AT_FDCWD_, REG(1), 0, 0);
+    return rename_exit(args, &in, args->ret);
+}
 
 /* ------------------------------------------------------------------------------------------ chmod */
-TP(syscalls, sys_enter_fchmodat)
-{
-    return fstash(RK_CHMOD, SC_FCHMODAT, args->dfd, (u64)args->filename, args->mode, 0, 0, 0);
-}
-
-TP(syscalls, sys_enter_fchmodat2)
-{
-    return fstash(RK_CHMOD, SC_FCHMODAT2, args->dfd, (u64)args->filename, args->mode, args->flags, 0, 0);
-}
-
-TP(syscalls, sys_enter_chmod)
-{
-    return fstash(RK_CHMOD, SC_CHMOD, AT_FDCWD_, (u64)args->filename, args->mode, 0, 0, 0);
-}
-
-TP(syscalls, sys_enter_fchmod)
-{
-    /* fd-based: a0 = fd, a1 = 0 marks "resolve from the fd" */
-    return fstash(RK_CHMOD, SC_FCHMOD, args->fd, 0, args->mode, 0, 0, 0);
-}
-
 /* One file, by fd (a1 == 0) or by path string: the verdict, with file_read() done for the fd case. */
 static __always_inline int one_verdict(struct scratch *s, struct fstate *f, struct fpol *p, u32 kind,
                                        struct inflight *in, u64 flags, u64 mode, u64 task)
@@ -440,11 +408,9 @@ static __always_inline void one_slot(struct scratch *s, struct fstate *f, struct
     }
 }
 
-static __always_inline int chmod_exit(long ret)
+static __always_inline int chmod_exit(struct inflight *args_in, long ret)
 {
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -472,38 +438,31 @@ static __always_inline int chmod_exit(long ret)
     return 0;
 }
 
-TP(syscalls, sys_exit_fchmodat) { return chmod_exit(args->ret); }
-TP(syscalls, sys_exit_fchmodat2) { return chmod_exit(args->ret); }
-TP(syscalls, sys_exit_chmod) { return chmod_exit(args->ret); }
-TP(syscalls, sys_exit_fchmod) { return chmod_exit(args->ret); }
+TP(syscalls, sys_exit_fchmodat)
+{
+    EXIT_ARGS(RK_CHMOD, SC_FCHMODAT, REGI(0), REG(1), REGMODE(2), 0, 0, 0);
+    return chmod_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_fchmodat2)
+{
+    EXIT_ARGS(RK_CHMOD, SC_FCHMODAT2, REGI(0), REG(1), REGMODE(2), REGU(3), 0, 0);
+    return chmod_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_chmod)
+{
+    EXIT_ARGS(RK_CHMOD, SC_CHMOD, AT_FDCWD_, REG(0), REGMODE(1), 0, 0, 0);
+    return chmod_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_fchmod)
+{
+    EXIT_ARGS(RK_CHMOD, SC_FCHMOD, REGU(0), 0, REGMODE(1), 0, 0, 0);
+    return chmod_exit(&in, args->ret);
+}
 
 /* ------------------------------------------------------------------------------------------ chown */
-TP(syscalls, sys_enter_fchownat)
+static __always_inline int chown_exit(struct inflight *args_in, long ret)
 {
-    return fstash(RK_CHOWN, SC_FCHOWNAT, args->dfd, (u64)args->filename, args->user, args->group, args->flag, 0);
-}
-
-TP(syscalls, sys_enter_chown)
-{
-    return fstash(RK_CHOWN, SC_CHOWN, AT_FDCWD_, (u64)args->filename, args->user, args->group, 0, 0);
-}
-
-TP(syscalls, sys_enter_lchown)
-{
-    return fstash(RK_CHOWN, SC_LCHOWN, AT_FDCWD_, (u64)args->filename, args->user, args->group,
-                  0x100 /* AT_SYMLINK_NOFOLLOW */, 0);
-}
-
-TP(syscalls, sys_enter_fchown)
-{
-    return fstash(RK_CHOWN, SC_FCHOWN, args->fd, 0, args->user, args->group, 0, 0);
-}
-
-static __always_inline int chown_exit(long ret)
-{
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -533,19 +492,33 @@ static __always_inline int chown_exit(long ret)
     return 0;
 }
 
-TP(syscalls, sys_exit_fchownat) { return chown_exit(args->ret); }
-TP(syscalls, sys_exit_chown) { return chown_exit(args->ret); }
-TP(syscalls, sys_exit_lchown) { return chown_exit(args->ret); }
-TP(syscalls, sys_exit_fchown) { return chown_exit(args->ret); }
+TP(syscalls, sys_exit_fchownat)
+{
+    EXIT_ARGS(RK_CHOWN, SC_FCHOWNAT, REGI(0), REG(1), REGU(2), REGU(3), REGU(4), 0);
+    return chown_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_chown)
+{
+    EXIT_ARGS(RK_CHOWN, SC_CHOWN, AT_FDCWD_, REG(0), REGU(1), REGU(2), 0, 0);
+    return chown_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_lchown)
+{
+    EXIT_ARGS(RK_CHOWN, SC_LCHOWN, AT_FDCWD_, REG(0), REGU(1), REGU(2), 0x100 /* AT_SYMLINK_NOFOLLOW */, 0);
+    return chown_exit(&in, args->ret);
+}
+TP(syscalls, sys_exit_fchown)
+{
+    EXIT_ARGS(RK_CHOWN, SC_FCHOWN, REGU(0), 0, REGU(1), REGU(2), 0, 0);
+    return chown_exit(&in, args->ret);
+}
 
 /* ----------------------------------------------------------------- single-file operations (FILEOP) */
 /* in: a0 dirfd or fd, a1 path string (0: the file is fd a0), a2 event flags, a3 mode, a4 aux,
  * a5 extra string (user memory). Judged and recorded at sys_exit. */
-static __always_inline int fileop_exit(long ret, u32 kind, int fd_from_ret)
+static __always_inline int fileop_exit(struct inflight *args_in, long ret, u32 kind, int fd_from_ret)
 {
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -587,96 +560,83 @@ static __always_inline int fileop_exit(long ret, u32 kind, int fd_from_ret)
     return 0;
 }
 
-TP(syscalls, sys_enter_truncate)
+TP(syscalls, sys_exit_truncate)
 {
-    return fstash(RK_TRUNCATE, SC_TRUNCATE, AT_FDCWD_, (u64)args->path, 0, 0, args->length, 0);
+    EXIT_ARGS(RK_TRUNCATE, SC_TRUNCATE, AT_FDCWD_, REG(0), 0, 0, REG(1), 0);
+    return fileop_exit(&in, args->ret, RK_TRUNCATE, 0);
+}
+TP(syscalls, sys_exit_ftruncate)
+{
+    EXIT_ARGS(RK_TRUNCATE, SC_FTRUNCATE, REGU(0), 0, 0, 0, REG(1), 0);
+    return fileop_exit(&in, args->ret, RK_TRUNCATE, 0);
 }
 
-TP(syscalls, sys_enter_ftruncate)
+TP(syscalls, sys_exit_mkdir)
 {
-    return fstash(RK_TRUNCATE, SC_FTRUNCATE, args->fd, 0, 0, 0, args->length, 0);
+    EXIT_ARGS(RK_MKDIR, SC_MKDIR, AT_FDCWD_, REG(0), 0, REGMODE(1), 0, 0);
+    return fileop_exit(&in, args->ret, RK_MKDIR, 0);
+}
+TP(syscalls, sys_exit_mkdirat)
+{
+    EXIT_ARGS(RK_MKDIR, SC_MKDIRAT, REGI(0), REG(1), 0, REGMODE(2), 0, 0);
+    return fileop_exit(&in, args->ret, RK_MKDIR, 0);
 }
 
-TP(syscalls, sys_exit_truncate) { return fileop_exit(args->ret, RK_TRUNCATE, 0); }
-TP(syscalls, sys_exit_ftruncate) { return fileop_exit(args->ret, RK_TRUNCATE, 0); }
-
-TP(syscalls, sys_enter_mkdir)
+TP(syscalls, sys_exit_mknod)
 {
-    return fstash(RK_MKDIR, SC_MKDIR, AT_FDCWD_, (u64)args->pathname, 0, args->mode, 0, 0);
+    EXIT_ARGS(RK_MKNOD, SC_MKNOD, AT_FDCWD_, REG(0), 0, REGMODE(1), REGU(2), 0);
+    return fileop_exit(&in, args->ret, RK_MKNOD, 0);
+}
+TP(syscalls, sys_exit_mknodat)
+{
+    EXIT_ARGS(RK_MKNOD, SC_MKNODAT, REGI(0), REG(1), 0, REGMODE(2), REGU(3), 0);
+    return fileop_exit(&in, args->ret, RK_MKNOD, 0);
 }
 
-TP(syscalls, sys_enter_mkdirat)
+TP(syscalls, sys_exit_setxattr)
 {
-    return fstash(RK_MKDIR, SC_MKDIRAT, args->dfd, (u64)args->pathname, 0, args->mode, 0, 0);
+    EXIT_ARGS(RK_SETXATTR, SC_SETXATTR, AT_FDCWD_, REG(0), REGU(4), 0, REG(3), REG(1));
+    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
+}
+TP(syscalls, sys_exit_lsetxattr)
+{
+    EXIT_ARGS(RK_SETXATTR, SC_LSETXATTR, AT_FDCWD_, REG(0), REGU(4), 0, REG(3), REG(1));
+    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
+}
+TP(syscalls, sys_exit_fsetxattr)
+{
+    EXIT_ARGS(RK_SETXATTR, SC_FSETXATTR, REGI(0), 0, REGU(4), 0, REG(3), REG(1));
+    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
+}
+TP(syscalls, sys_exit_setxattrat)
+{
+    EXIT_ARGS(RK_SETXATTR, SC_SETXATTRAT, REGI(0), REG(1), REGU(2), 0, REG(5), REG(3));
+    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
 }
 
-TP(syscalls, sys_exit_mkdir) { return fileop_exit(args->ret, RK_MKDIR, 0); }
-TP(syscalls, sys_exit_mkdirat) { return fileop_exit(args->ret, RK_MKDIR, 0); }
-
-TP(syscalls, sys_enter_mknod)
+TP(syscalls, sys_exit_mmap)
 {
-    return fstash(RK_MKNOD, SC_MKNOD, AT_FDCWD_, (u64)args->filename, 0, args->mode, args->dev, 0);
-}
-
-TP(syscalls, sys_enter_mknodat)
-{
-    return fstash(RK_MKNOD, SC_MKNODAT, args->dfd, (u64)args->filename, 0, args->mode, args->dev, 0);
-}
-
-TP(syscalls, sys_exit_mknod) { return fileop_exit(args->ret, RK_MKNOD, 0); }
-TP(syscalls, sys_exit_mknodat) { return fileop_exit(args->ret, RK_MKNOD, 0); }
-
-TP(syscalls, sys_enter_setxattr)
-{
-    return fstash(RK_SETXATTR, SC_SETXATTR, AT_FDCWD_, (u64)args->pathname, args->flags, 0, args->size,
-                  (u64)args->name);
-}
-
-TP(syscalls, sys_enter_lsetxattr)
-{
-    return fstash(RK_SETXATTR, SC_LSETXATTR, AT_FDCWD_, (u64)args->pathname, args->flags, 0, args->size,
-                  (u64)args->name);
-}
-
-TP(syscalls, sys_enter_fsetxattr)
-{
-    return fstash(RK_SETXATTR, SC_FSETXATTR, args->fd, 0, args->flags, 0, args->size, (u64)args->name);
-}
-
-TP(syscalls, sys_enter_setxattrat)
-{
-    return fstash(RK_SETXATTR, SC_SETXATTRAT, args->dfd, (u64)args->pathname, args->at_flags, 0, args->usize,
-                  (u64)args->name);
-}
-
-TP(syscalls, sys_exit_setxattr) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
-TP(syscalls, sys_exit_lsetxattr) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
-TP(syscalls, sys_exit_fsetxattr) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
-TP(syscalls, sys_exit_setxattrat) { return fileop_exit(args->ret, RK_SETXATTR, 0); }
-
-TP(syscalls, sys_enter_mmap)
-{
-    /* a file mapped shared and writable: writes reach the file without write(2) */
-    if ((s64)args->fd < 0 || !(args->prot & 2 /* PROT_WRITE */) || !(args->flags & 1 /* MAP_SHARED */))
+    /* mmap(addr, len, prot, flags, fd, off): a file mapped shared and writable, whose writes reach the file
+     * without write(2). Most mappings are not: their test comes before anything else. */
+    EXIT_ARGS(RK_MMAP, SC_MMAP, REGI(4), 0, REGU(2) | (REGU(3) << 32), 0, REG(1), 0);
+    u64 prot = in.a[2], flags = in.a[2] >> 32;
+    if ((s64)in.a[0] < 0 || !(prot & 2 /* PROT_WRITE */) || !(flags & 1 /* MAP_SHARED */)
+        || (flags & 0x20 /* MAP_ANONYMOUS: no file, whatever the fd */))
         return 0;
-    return fstash(RK_MMAP, SC_MMAP, args->fd, 0, args->prot | (args->flags << 32), 0, args->len, 0);
+    return fileop_exit(&in, args->ret, RK_MMAP, 0);
 }
 
-TP(syscalls, sys_exit_mmap) { return fileop_exit(args->ret, RK_MMAP, 0); }
-
-TP(syscalls, sys_enter_memfd_create)
+TP(syscalls, sys_exit_memfd_create)
 {
-    return fstash(RK_MEMFD_CREATE, SC_MEMFD_CREATE, -1, 0, args->flags, 0, 0, (u64)args->uname);
+    EXIT_ARGS(RK_MEMFD_CREATE, SC_MEMFD_CREATE, -1, 0, REGU(1), 0, 0, REG(0));
+    return fileop_exit(&in, args->ret, RK_MEMFD_CREATE, 1);
 }
 
-TP(syscalls, sys_exit_memfd_create) { return fileop_exit(args->ret, RK_MEMFD_CREATE, 1); }
-
-TP(syscalls, sys_enter_umount)
+TP(syscalls, sys_exit_umount)
 {
-    return fstash(RK_UMOUNT, SC_UMOUNT2, AT_FDCWD_, (u64)args->name, args->flags, 0, 0, 0);
+    EXIT_ARGS(RK_UMOUNT, SC_UMOUNT2, AT_FDCWD_, REG(0), REGU(1), 0, 0, 0);
+    return fileop_exit(&in, args->ret, RK_UMOUNT, 0);
 }
-
-TP(syscalls, sys_exit_umount) { return fileop_exit(args->ret, RK_UMOUNT, 0); }
 
 /* -------------------------------------------------------------------------------------- write */
 /* The first write to a regular file (or block device) per open, judged and recorded at sys_enter (before
@@ -791,11 +751,9 @@ static __always_inline void fileop2_judge(struct inflight in, long ret, u32 kind
     emit(s, kind);
 }
 
-static __always_inline int fileop2_exit(void *ctx, long ret, u32 kind)
+static __always_inline int fileop2_exit(void *ctx, struct inflight *args_in, long ret, u32 kind)
 {
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    struct inflight in = *args_in;
     fileop2_judge(in, ret, kind);
     struct fstate *f = fstate_get();
     if (ret == 0 && f)
@@ -803,44 +761,35 @@ static __always_inline int fileop2_exit(void *ctx, long ret, u32 kind)
     return 0;
 }
 
-TP(syscalls, sys_enter_link)
+TP(syscalls, sys_exit_link)
 {
-    return fstash(RK_LINK, SC_LINK, AT_FDCWD_, (u64)args->oldname, AT_FDCWD_, (u64)args->newname, 0, 0);
+    EXIT_ARGS(RK_LINK, SC_LINK, AT_FDCWD_, REG(0), AT_FDCWD_, REG(1), 0, 0);
+    return fileop2_exit(args, &in, args->ret, RK_LINK);
+}
+TP(syscalls, sys_exit_linkat)
+{
+    EXIT_ARGS(RK_LINK, SC_LINKAT, REGI(0), REG(1), REGI(2), REG(3), REGU(4), 0);
+    return fileop2_exit(args, &in, args->ret, RK_LINK);
 }
 
-TP(syscalls, sys_enter_linkat)
+TP(syscalls, sys_exit_symlink)
 {
-    return fstash(RK_LINK, SC_LINKAT, args->olddfd, (u64)args->oldname, args->newdfd, (u64)args->newname,
-                  args->flags, 0);
+    EXIT_ARGS(RK_SYMLINK, SC_SYMLINK, AT_FDCWD_, REG(1), AT_FDCWD_, REG(0), 0, 0);
+    return fileop2_exit(args, &in, args->ret, RK_SYMLINK);
+}
+TP(syscalls, sys_exit_symlinkat)
+{
+    EXIT_ARGS(RK_SYMLINK, SC_SYMLINKAT, REGI(1), REG(2), AT_FDCWD_, REG(0), 0, 0);
+    return fileop2_exit(args, &in, args->ret, RK_SYMLINK);
 }
 
-TP(syscalls, sys_exit_link) { return fileop2_exit(args, args->ret, RK_LINK); }
-TP(syscalls, sys_exit_linkat) { return fileop2_exit(args, args->ret, RK_LINK); }
-
-TP(syscalls, sys_enter_symlink)
+TP(syscalls, sys_exit_mount)
 {
-    return fstash(RK_SYMLINK, SC_SYMLINK, AT_FDCWD_, (u64)args->newname, AT_FDCWD_, (u64)args->oldname, 0, 0);
+    EXIT_ARGS(RK_MOUNT, SC_MOUNT, AT_FDCWD_, REG(0), AT_FDCWD_, REG(1), REG(3), REG(2));
+    return fileop2_exit(args, &in, args->ret, RK_MOUNT);
 }
-
-TP(syscalls, sys_enter_symlinkat)
+TP(syscalls, sys_exit_move_mount)
 {
-    return fstash(RK_SYMLINK, SC_SYMLINKAT, args->newdfd, (u64)args->newname, AT_FDCWD_, (u64)args->oldname, 0, 0);
+    EXIT_ARGS(RK_MOUNT, SC_MOVE_MOUNT, REGI(0), REG(1), REGI(2), REG(3), MS_MOVE_, 0);
+    return fileop2_exit(args, &in, args->ret, RK_MOUNT);
 }
-
-TP(syscalls, sys_exit_symlink) { return fileop2_exit(args, args->ret, RK_SYMLINK); }
-TP(syscalls, sys_exit_symlinkat) { return fileop2_exit(args, args->ret, RK_SYMLINK); }
-
-TP(syscalls, sys_enter_mount)
-{
-    return fstash(RK_MOUNT, SC_MOUNT, AT_FDCWD_, (u64)args->dev_name, AT_FDCWD_, (u64)args->dir_name, args->flags,
-                  (u64)args->type);
-}
-
-TP(syscalls, sys_enter_move_mount)
-{
-    return fstash(RK_MOUNT, SC_MOVE_MOUNT, args->from_dfd, (u64)args->from_pathname, args->to_dfd,
-                  (u64)args->to_pathname, MS_MOVE_, 0);
-}
-
-TP(syscalls, sys_exit_mount) { return fileop2_exit(args, args->ret, RK_MOUNT); }
-TP(syscalls, sys_exit_move_mount) { return fileop2_exit(args, args->ret, RK_MOUNT); }

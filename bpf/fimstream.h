@@ -456,6 +456,34 @@ static __always_inline char *syscall_regs(void)
 }
 #define SYSARG(regs, n) KLOAD(u64, (regs) + O_SYSARG##n)
 
+/* A sys_exit hook's own arguments, read from the saved registers into `struct inflight in` in the layout a
+ * sys_enter stash gives, once the pipeline's own pids are dropped. In the argument expressions REG(n) is
+ * argument n as a long or a pointer, REGI(n) as an int, REGU(n) as an unsigned int and REGMODE(n) as a
+ * umode_t, as the kernel casts its parameters (the upper half of a register holding an int is not the
+ * caller's). One tracepoint per syscall instead of two; the user memory the arguments point to was read at
+ * sys_exit either way. */
+#define EXIT_ARGS(kind, sc_, x0, x1, x2, x3, x4, x5) \
+    struct inflight in; \
+    if (drop_ignored(kind)) \
+        return 0; \
+    { \
+        char *regs_ = syscall_regs(); \
+        in.sc = (sc_); \
+        in.pad = (kind); \
+        in.live = 1; \
+        in.pad2 = 0; \
+        in.a[0] = (x0); \
+        in.a[1] = (x1); \
+        in.a[2] = (x2); \
+        in.a[3] = (x3); \
+        in.a[4] = (x4); \
+        in.a[5] = (x5); \
+    }
+#define REG(n) SYSARG(regs_, n)
+#define REGI(n) ((u64)(s64)(s32)SYSARG(regs_, n))
+#define REGU(n) ((u64)(u32)SYSARG(regs_, n))
+#define REGMODE(n) ((u64)(u16)SYSARG(regs_, n))    /* umode_t */
+
 /* The current thread's argument slot (created on first use). */
 static __always_inline struct inflight *inflight_slot(int create)
 {

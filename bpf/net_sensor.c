@@ -103,11 +103,10 @@ static __always_inline void read_sock(struct scratch *s, struct net_body *b, u64
     }
 }
 
-static __always_inline int net_exit(u32 kind, long ret)
+/* in: a0 the socket fd, a1 + a2 the caller's sockaddr and its length (connect, bind), a3 accept4 flags. */
+static __always_inline int net_exit(struct inflight *in, u32 kind, long ret)
 {
-    struct inflight in;
-    if (!unstash(&in))
-        return 0;
+    tally(kind, C_SEEN);
     struct scratch *s = scratch_get();
     if (!s)
         return 0;
@@ -115,39 +114,39 @@ static __always_inline int net_exit(u32 kind, long ret)
     begin(s, task, kind, sizeof(struct net_body), ret);
     struct net_body *b = BODY(net_body, s);
     __builtin_memset(b, 0, sizeof(*b));
-    b->sc = in.sc;
-    b->fd = (s32)in.a[0];
-    b->flags = in.a[3];
+    b->sc = in->sc;
+    b->fd = (s32)in->a[0];
+    b->flags = in->a[3];
     if (kind != RK_ACCEPT)
-        b->ua_len = append_sockaddr(s, in.a[1], (u32)in.a[2], 1);
-    s64 sfd = kind == RK_ACCEPT ? ret : (s64)(s32)in.a[0];  /* accept: the new connection's socket */
+        b->ua_len = append_sockaddr(s, in->a[1], (u32)in->a[2], 1);
+    s64 sfd = kind == RK_ACCEPT ? ret : (s64)(s32)in->a[0];  /* accept: the new connection's socket */
     if (sfd >= 0)
         read_sock(s, b, fd_file(s, sfd));
     emit(s, kind);
     return 0;
 }
 
-TP(syscalls, sys_enter_connect)
+/* Traced at sys_exit alone, the arguments read from the saved registers (EXIT_ARGS). */
+TP(syscalls, sys_exit_connect)
 {
-    return stash(RK_CONNECT, SC_CONNECT, args->fd, (u64)args->uservaddr, args->addrlen, 0, 0, 0);
+    EXIT_ARGS(RK_CONNECT, SC_CONNECT, REGI(0), REG(1), REGI(2), 0, 0, 0);
+    return net_exit(&in, RK_CONNECT, args->ret);
 }
 
-TP(syscalls, sys_enter_bind)
+TP(syscalls, sys_exit_bind)
 {
-    return stash(RK_BIND, SC_BIND, args->fd, (u64)args->umyaddr, args->addrlen, 0, 0, 0);
+    EXIT_ARGS(RK_BIND, SC_BIND, REGI(0), REG(1), REGI(2), 0, 0, 0);
+    return net_exit(&in, RK_BIND, args->ret);
 }
 
-TP(syscalls, sys_enter_accept)
+TP(syscalls, sys_exit_accept)
 {
-    return stash(RK_ACCEPT, SC_ACCEPT, args->fd, 0, 0, 0, 0, 0);
+    EXIT_ARGS(RK_ACCEPT, SC_ACCEPT, REGI(0), 0, 0, 0, 0, 0);
+    return net_exit(&in, RK_ACCEPT, args->ret);
 }
 
-TP(syscalls, sys_enter_accept4)
+TP(syscalls, sys_exit_accept4)
 {
-    return stash(RK_ACCEPT, SC_ACCEPT4, args->fd, 0, 0, args->flags, 0, 0);
+    EXIT_ARGS(RK_ACCEPT, SC_ACCEPT4, REGI(0), 0, 0, REGI(3), 0, 0);
+    return net_exit(&in, RK_ACCEPT, args->ret);
 }
-
-TP(syscalls, sys_exit_connect) { return net_exit(RK_CONNECT, args->ret); }
-TP(syscalls, sys_exit_bind) { return net_exit(RK_BIND, args->ret); }
-TP(syscalls, sys_exit_accept) { return net_exit(RK_ACCEPT, args->ret); }
-TP(syscalls, sys_exit_accept4) { return net_exit(RK_ACCEPT, args->ret); }

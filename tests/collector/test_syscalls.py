@@ -20,6 +20,7 @@ pytestmark = root_only
 SYS_open, SYS_creat, SYS_openat2 = 2, 85, 437
 SYS_unlink, SYS_rename, SYS_renameat, SYS_renameat2 = 87, 82, 264, 316
 SYS_chmod, SYS_fchmodat2, SYS_lchown, SYS_fchownat = 90, 452, 94, 260
+SYS_unlinkat, SYS_fchmodat = 263, 268
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 RENAME_NOREPLACE = 1
@@ -112,6 +113,28 @@ def test_unlinkat_unlink_rmdir(capture, d):
     got = [(e.type_name, e.syscall, e.file.path, e.retval, e.file.flags) for e in events]
     assert got == [("unlink", "unlinkat", b(d / "a"), 0, 0), ("unlink", "unlink", b(d / "b"), 0, 0),
                    ("rmdir", "rmdir", b(d / "sub"), 0, 0)]
+
+
+def test_int_arguments_are_taken_as_the_kernel_takes_them(capture, d):
+    """Arguments are read from the saved registers at sys_exit: an int or umode_t parameter is the low part of
+    its register, whatever the caller left above it (the kernel casts the same way)."""
+    (d / "a").write_bytes(b"")
+    (d / "m").write_bytes(b"")
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    junk = 0x5A5A5A5A << 32
+
+    def act():
+        mode = syscall(SYS_fchmodat, ctypes.c_long(junk | dfd), ctypes.c_char_p(b"m"),
+                       ctypes.c_long(junk | 0x5A5A0000 | 0o604))  # umode_t: 16 bits
+        gone = syscall(SYS_unlinkat, ctypes.c_long(junk | dfd), ctypes.c_char_p(b"a"), ctypes.c_long(junk))
+        return mode, gone
+
+    events = [e for e in capture(act) if e.type_name in ("chmod", "unlink", "rmdir")]
+    os.close(dfd)
+    assert capture.result == (0, 0)
+    assert os.stat(d / "m").st_mode & 0o7777 == 0o604 and not (d / "a").exists()
+    got = [(e.type_name, e.syscall, e.file.path, e.mode if e.type_name == "chmod" else e.flags) for e in events]
+    assert got == [("chmod", "fchmodat", b(d / "m"), 0o604), ("unlink", "unlinkat", b(d / "a"), 0)]
 
 
 # ---------------------------------------------------------------------------------------------- rename
