@@ -258,9 +258,8 @@ TP(syscalls, sys_exit_creat) { return open_exit(args->ret, SC_CREAT); }
 TP(syscalls, sys_exit_openat2) { return open_exit(args->ret, SC_OPENAT2); }
 
 /* ---------------------------------------------------------------------------------- unlink, rmdir */
-static __always_inline int unlink_exit(struct inflight *args_in, long ret)
+static __always_inline int unlink_exit(struct inflight in, long ret)
 {
-    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -294,17 +293,19 @@ static __always_inline int unlink_exit(struct inflight *args_in, long ret)
 TP(syscalls, sys_exit_unlinkat)
 {
     EXIT_ARGS(RK_UNLINK, SC_UNLINKAT, REGI(0), REG(1), REGU(2), 0, 0, 0);
-    return unlink_exit(&in, args->ret);
+    return unlink_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_unlink)
 {
     EXIT_ARGS(RK_UNLINK, SC_UNLINK, AT_FDCWD_, REG(0), 0, 0, 0, 0);
-    return unlink_exit(&in, args->ret);
+    return unlink_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_rmdir)
 {
     EXIT_ARGS(RK_RMDIR, SC_RMDIR, AT_FDCWD_, REG(0), 0x200 /* AT_REMOVEDIR */, 0, 0, 0);
-    return unlink_exit(&in, args->ret);
+    return unlink_exit(in, args->ret);
 }
 
 /* ----------------------------------------------------------------------------------------- rename */
@@ -354,9 +355,8 @@ static __always_inline void rename_judge(struct inflight in, long ret)
     emit(s, RK_RENAME);
 }
 
-static __always_inline int rename_exit(void *ctx, struct inflight *args_in, long ret)
+static __always_inline int rename_exit(void *ctx, struct inflight in, long ret)
 {
-    struct inflight in = *args_in;
     rename_judge(in, ret);
     struct fstate *f = fstate_get();
     if (ret == 0 && f)
@@ -367,17 +367,19 @@ static __always_inline int rename_exit(void *ctx, struct inflight *args_in, long
 TP(syscalls, sys_exit_renameat2)
 {
     EXIT_ARGS(RK_RENAME, SC_RENAMEAT2, REGI(0), REG(1), REGI(2), REG(3), REGU(4), 0);
-    return rename_exit(args, &in, args->ret);
+    return rename_exit(args, in, args->ret);
 }
+
 TP(syscalls, sys_exit_renameat)
 {
     EXIT_ARGS(RK_RENAME, SC_RENAMEAT, REGI(0), REG(1), REGI(2), REG(3), 0, 0);
-    return rename_exit(args, &in, args->ret);
+    return rename_exit(args, in, args->ret);
 }
+
 TP(syscalls, sys_exit_rename)
 {
     EXIT_ARGS(RK_RENAME, SC_RENAME, AT_FDCWD_, REG(0), AT_FDCWD_, REG(1), 0, 0);
-    return rename_exit(args, &in, args->ret);
+    return rename_exit(args, in, args->ret);
 }
 
 /* ------------------------------------------------------------------------------------------ chmod */
@@ -408,9 +410,8 @@ static __always_inline void one_slot(struct scratch *s, struct fstate *f, struct
     }
 }
 
-static __always_inline int chmod_exit(struct inflight *args_in, long ret)
+static __always_inline int chmod_exit(struct inflight in, long ret)
 {
-    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -441,28 +442,30 @@ static __always_inline int chmod_exit(struct inflight *args_in, long ret)
 TP(syscalls, sys_exit_fchmodat)
 {
     EXIT_ARGS(RK_CHMOD, SC_FCHMODAT, REGI(0), REG(1), REGMODE(2), 0, 0, 0);
-    return chmod_exit(&in, args->ret);
+    return chmod_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_fchmodat2)
 {
     EXIT_ARGS(RK_CHMOD, SC_FCHMODAT2, REGI(0), REG(1), REGMODE(2), REGU(3), 0, 0);
-    return chmod_exit(&in, args->ret);
+    return chmod_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_chmod)
 {
     EXIT_ARGS(RK_CHMOD, SC_CHMOD, AT_FDCWD_, REG(0), REGMODE(1), 0, 0, 0);
-    return chmod_exit(&in, args->ret);
+    return chmod_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_fchmod)
 {
     EXIT_ARGS(RK_CHMOD, SC_FCHMOD, REGU(0), 0, REGMODE(1), 0, 0, 0);
-    return chmod_exit(&in, args->ret);
+    return chmod_exit(in, args->ret);
 }
 
 /* ------------------------------------------------------------------------------------------ chown */
-static __always_inline int chown_exit(struct inflight *args_in, long ret)
+static __always_inline int chown_exit(struct inflight in, long ret)
 {
-    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -495,30 +498,32 @@ static __always_inline int chown_exit(struct inflight *args_in, long ret)
 TP(syscalls, sys_exit_fchownat)
 {
     EXIT_ARGS(RK_CHOWN, SC_FCHOWNAT, REGI(0), REG(1), REGU(2), REGU(3), REGU(4), 0);
-    return chown_exit(&in, args->ret);
+    return chown_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_chown)
 {
     EXIT_ARGS(RK_CHOWN, SC_CHOWN, AT_FDCWD_, REG(0), REGU(1), REGU(2), 0, 0);
-    return chown_exit(&in, args->ret);
+    return chown_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_lchown)
 {
     EXIT_ARGS(RK_CHOWN, SC_LCHOWN, AT_FDCWD_, REG(0), REGU(1), REGU(2), 0x100 /* AT_SYMLINK_NOFOLLOW */, 0);
-    return chown_exit(&in, args->ret);
+    return chown_exit(in, args->ret);
 }
+
 TP(syscalls, sys_exit_fchown)
 {
     EXIT_ARGS(RK_CHOWN, SC_FCHOWN, REGU(0), 0, REGU(1), REGU(2), 0, 0);
-    return chown_exit(&in, args->ret);
+    return chown_exit(in, args->ret);
 }
 
 /* ----------------------------------------------------------------- single-file operations (FILEOP) */
 /* in: a0 dirfd or fd, a1 path string (0: the file is fd a0), a2 event flags, a3 mode, a4 aux,
  * a5 extra string (user memory). Judged and recorded at sys_exit. */
-static __always_inline int fileop_exit(struct inflight *args_in, long ret, u32 kind, int fd_from_ret)
+static __always_inline int fileop_exit(struct inflight in, long ret, u32 kind, int fd_from_ret)
 {
-    struct inflight in = *args_in;
     struct scratch *s = scratch_get();
     struct fstate *f = fstate_get();
     if (!s || !f)
@@ -563,55 +568,61 @@ static __always_inline int fileop_exit(struct inflight *args_in, long ret, u32 k
 TP(syscalls, sys_exit_truncate)
 {
     EXIT_ARGS(RK_TRUNCATE, SC_TRUNCATE, AT_FDCWD_, REG(0), 0, 0, REG(1), 0);
-    return fileop_exit(&in, args->ret, RK_TRUNCATE, 0);
+    return fileop_exit(in, args->ret, RK_TRUNCATE, 0);
 }
+
 TP(syscalls, sys_exit_ftruncate)
 {
     EXIT_ARGS(RK_TRUNCATE, SC_FTRUNCATE, REGU(0), 0, 0, 0, REG(1), 0);
-    return fileop_exit(&in, args->ret, RK_TRUNCATE, 0);
+    return fileop_exit(in, args->ret, RK_TRUNCATE, 0);
 }
 
 TP(syscalls, sys_exit_mkdir)
 {
     EXIT_ARGS(RK_MKDIR, SC_MKDIR, AT_FDCWD_, REG(0), 0, REGMODE(1), 0, 0);
-    return fileop_exit(&in, args->ret, RK_MKDIR, 0);
+    return fileop_exit(in, args->ret, RK_MKDIR, 0);
 }
+
 TP(syscalls, sys_exit_mkdirat)
 {
     EXIT_ARGS(RK_MKDIR, SC_MKDIRAT, REGI(0), REG(1), 0, REGMODE(2), 0, 0);
-    return fileop_exit(&in, args->ret, RK_MKDIR, 0);
+    return fileop_exit(in, args->ret, RK_MKDIR, 0);
 }
 
 TP(syscalls, sys_exit_mknod)
 {
     EXIT_ARGS(RK_MKNOD, SC_MKNOD, AT_FDCWD_, REG(0), 0, REGMODE(1), REGU(2), 0);
-    return fileop_exit(&in, args->ret, RK_MKNOD, 0);
+    return fileop_exit(in, args->ret, RK_MKNOD, 0);
 }
+
 TP(syscalls, sys_exit_mknodat)
 {
     EXIT_ARGS(RK_MKNOD, SC_MKNODAT, REGI(0), REG(1), 0, REGMODE(2), REGU(3), 0);
-    return fileop_exit(&in, args->ret, RK_MKNOD, 0);
+    return fileop_exit(in, args->ret, RK_MKNOD, 0);
 }
 
 TP(syscalls, sys_exit_setxattr)
 {
     EXIT_ARGS(RK_SETXATTR, SC_SETXATTR, AT_FDCWD_, REG(0), REGU(4), 0, REG(3), REG(1));
-    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
+    return fileop_exit(in, args->ret, RK_SETXATTR, 0);
 }
+
 TP(syscalls, sys_exit_lsetxattr)
 {
     EXIT_ARGS(RK_SETXATTR, SC_LSETXATTR, AT_FDCWD_, REG(0), REGU(4), 0, REG(3), REG(1));
-    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
+    return fileop_exit(in, args->ret, RK_SETXATTR, 0);
 }
+
 TP(syscalls, sys_exit_fsetxattr)
 {
     EXIT_ARGS(RK_SETXATTR, SC_FSETXATTR, REGI(0), 0, REGU(4), 0, REG(3), REG(1));
-    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
+    return fileop_exit(in, args->ret, RK_SETXATTR, 0);
 }
+
 TP(syscalls, sys_exit_setxattrat)
 {
     EXIT_ARGS(RK_SETXATTR, SC_SETXATTRAT, REGI(0), REG(1), REGU(2), 0, REG(5), REG(3));
-    return fileop_exit(&in, args->ret, RK_SETXATTR, 0);
+    return fileop_exit(in, args->ret, RK_SETXATTR, 0);
 }
 
 TP(syscalls, sys_exit_mmap)
@@ -623,19 +634,19 @@ TP(syscalls, sys_exit_mmap)
     if ((s64)in.a[0] < 0 || !(prot & 2 /* PROT_WRITE */) || !(flags & 1 /* MAP_SHARED */)
         || (flags & 0x20 /* MAP_ANONYMOUS: no file, whatever the fd */))
         return 0;
-    return fileop_exit(&in, args->ret, RK_MMAP, 0);
+    return fileop_exit(in, args->ret, RK_MMAP, 0);
 }
 
 TP(syscalls, sys_exit_memfd_create)
 {
     EXIT_ARGS(RK_MEMFD_CREATE, SC_MEMFD_CREATE, -1, 0, REGU(1), 0, 0, REG(0));
-    return fileop_exit(&in, args->ret, RK_MEMFD_CREATE, 1);
+    return fileop_exit(in, args->ret, RK_MEMFD_CREATE, 1);
 }
 
 TP(syscalls, sys_exit_umount)
 {
     EXIT_ARGS(RK_UMOUNT, SC_UMOUNT2, AT_FDCWD_, REG(0), REGU(1), 0, 0, 0);
-    return fileop_exit(&in, args->ret, RK_UMOUNT, 0);
+    return fileop_exit(in, args->ret, RK_UMOUNT, 0);
 }
 
 /* -------------------------------------------------------------------------------------- write */
@@ -751,9 +762,8 @@ static __always_inline void fileop2_judge(struct inflight in, long ret, u32 kind
     emit(s, kind);
 }
 
-static __always_inline int fileop2_exit(void *ctx, struct inflight *args_in, long ret, u32 kind)
+static __always_inline int fileop2_exit(void *ctx, struct inflight in, long ret, u32 kind)
 {
-    struct inflight in = *args_in;
     fileop2_judge(in, ret, kind);
     struct fstate *f = fstate_get();
     if (ret == 0 && f)
@@ -764,32 +774,35 @@ static __always_inline int fileop2_exit(void *ctx, struct inflight *args_in, lon
 TP(syscalls, sys_exit_link)
 {
     EXIT_ARGS(RK_LINK, SC_LINK, AT_FDCWD_, REG(0), AT_FDCWD_, REG(1), 0, 0);
-    return fileop2_exit(args, &in, args->ret, RK_LINK);
+    return fileop2_exit(args, in, args->ret, RK_LINK);
 }
+
 TP(syscalls, sys_exit_linkat)
 {
     EXIT_ARGS(RK_LINK, SC_LINKAT, REGI(0), REG(1), REGI(2), REG(3), REGU(4), 0);
-    return fileop2_exit(args, &in, args->ret, RK_LINK);
+    return fileop2_exit(args, in, args->ret, RK_LINK);
 }
 
 TP(syscalls, sys_exit_symlink)
 {
     EXIT_ARGS(RK_SYMLINK, SC_SYMLINK, AT_FDCWD_, REG(1), AT_FDCWD_, REG(0), 0, 0);
-    return fileop2_exit(args, &in, args->ret, RK_SYMLINK);
+    return fileop2_exit(args, in, args->ret, RK_SYMLINK);
 }
+
 TP(syscalls, sys_exit_symlinkat)
 {
     EXIT_ARGS(RK_SYMLINK, SC_SYMLINKAT, REGI(1), REG(2), AT_FDCWD_, REG(0), 0, 0);
-    return fileop2_exit(args, &in, args->ret, RK_SYMLINK);
+    return fileop2_exit(args, in, args->ret, RK_SYMLINK);
 }
 
 TP(syscalls, sys_exit_mount)
 {
     EXIT_ARGS(RK_MOUNT, SC_MOUNT, AT_FDCWD_, REG(0), AT_FDCWD_, REG(1), REG(3), REG(2));
-    return fileop2_exit(args, &in, args->ret, RK_MOUNT);
+    return fileop2_exit(args, in, args->ret, RK_MOUNT);
 }
+
 TP(syscalls, sys_exit_move_mount)
 {
     EXIT_ARGS(RK_MOUNT, SC_MOVE_MOUNT, REGI(0), REG(1), REGI(2), REG(3), MS_MOVE_, 0);
-    return fileop2_exit(args, &in, args->ret, RK_MOUNT);
+    return fileop2_exit(args, in, args->ret, RK_MOUNT);
 }
