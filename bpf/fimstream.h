@@ -490,20 +490,15 @@ static __always_inline struct inflight *inflight_slot(int create)
     return inflight.task_storage_get(bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 }
 
-/* Save a syscall's arguments for its sys_exit. `seen` is counted here, or by the sys_exit when it knows
- * the exact event type (seen_at_exit: the file sensor, where an open may turn out to be a create); an
- * ignored caller is counted seen + filtered here, a missing slot (out of memory) seen + lost. */
-static __always_inline int stash_args(u32 kind, int seen_at_exit, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4,
-                                      u64 a5)
+/* Save a syscall's arguments for its sys_exit (the calls still traced at entry); `seen` is counted here,
+ * an ignored caller as seen + filtered, a missing slot (out of memory) as seen + lost. */
+static __always_inline int stash(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 {
     if (drop_ignored(kind))
         return 0;
-    if (!seen_at_exit)
-        tally(kind, C_SEEN);
+    tally(kind, C_SEEN);
     struct inflight *in = inflight_slot(1);
     if (!in) {
-        if (seen_at_exit)
-            tally(kind, C_SEEN);
         tally(kind, C_LOST);
         return 0;
     }
@@ -519,8 +514,6 @@ static __always_inline int stash_args(u32 kind, int seen_at_exit, u32 sc, u64 a0
     return 0;
 }
 
-#define stash(kind, sc, a0, a1, a2, a3, a4, a5) stash_args(kind, 0, sc, a0, a1, a2, a3, a4, a5)
-#define fstash(kind, sc, a0, a1, a2, a3, a4, a5) stash_args(kind, 1, sc, a0, a1, a2, a3, a4, a5)
 
 /* The saved arguments of the current thread's syscall (copied, then marked used). */
 static __always_inline int unstash(struct inflight *out)
