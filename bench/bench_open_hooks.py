@@ -4,7 +4,8 @@
 
 Many short rounds, interleaved: the loop without anything attached, with one *empty* program on
 sys_exit_openat (the floor of the collector's design: opens are traced at sys_exit alone), with two on
-sys_enter_openat + sys_exit_openat (the floor of a design that stashes arguments at sys_enter), with empty
+sys_enter_openat + sys_exit_openat (the floor of a design that stashes arguments at sys_enter), with one on
+sys_exit_openat plus one on sys_enter_setuid (what any entry hook costs every syscall it does not watch), with empty
 programs on every hook the collector attaches with these rules (what its tracepoints cost before any program
 does work), on those of them that are not at sys_enter (what a design with no entry hooks would cost), and
 with the whole collector and the default pack in the kernel. Two figures per mode: the median of each round's ratio to the
@@ -34,10 +35,11 @@ from fimstream.rules import load_rules  # noqa: E402
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 LABELS = {"empty_exit_tracepoint": "one empty program on sys_exit_openat",
           "empty_tracepoints": "empty programs on sys_enter_openat + sys_exit_openat",
+          "empty_exit_and_unrelated_enter": "empty programs on sys_exit_openat + sys_enter_setuid",
           "empty_hook_set": "empty programs on the collector's {n} hooks",
           "empty_exit_hooks": "empty programs on its {e} hooks not at sys_enter",
           "collector": "the collector with the default pack"}
-MODES = ("baseline", "empty_exit_tracepoint", "empty_tracepoints", "empty_hook_set", "empty_exit_hooks", "collector")
+MODES = ("baseline", "empty_exit_tracepoint", "empty_tracepoints", "empty_exit_and_unrelated_enter", "empty_hook_set", "empty_exit_hooks", "collector")
 
 
 def prog_stats(bpf) -> dict[str, tuple[int, int]]:
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         hook_set = list({h.target: h for s in c.sensors for h in s.attached_hooks}.values())
         exit_set = [h for h in hook_set if not h.target.startswith("syscalls:sys_enter_")]
         floors = {"empty_exit_tracepoint": [b"syscalls:sys_exit_openat"],
-                  "empty_tracepoints": [b"syscalls:sys_enter_openat", b"syscalls:sys_exit_openat"]}
+                  "empty_tracepoints": [b"syscalls:sys_enter_openat", b"syscalls:sys_exit_openat"],
+                  # what one entry hook anywhere costs a syscall it does not watch
+                  "empty_exit_and_unrelated_enter": [b"syscalls:sys_enter_setuid", b"syscalls:sys_exit_openat"]}
 
         def attach(mode: str, on: bool) -> None:
             if mode == "collector":

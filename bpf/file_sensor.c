@@ -11,12 +11,10 @@
  * at sys_exit with the exact event type (an open that created its file is a create).
  *
  * Writes: only the first write to a file per open is an event (`written`: struct file * -> policy
- * generation, forgotten when a new open reuses the pointer), judged and recorded at sys_enter: the one
- * entry hook, as a write is traced once either way and its fd is in the tracepoint's record there.
+ * generation, forgotten when a new open reuses the pointer), judged and recorded at sys_exit with its
+ * result. No hook here is at sys_enter: any sys_enter hook costs every syscall of every process.
  */
 #include "fimstream.h"
-
-typedef int rwf_t;        /* pwritev2's tracepoint args name it; the installed headers do not define it */
 
 struct open_body {        /* RK_OPEN */
     u32 sc;
@@ -650,10 +648,15 @@ TP(syscalls, sys_exit_umount)
 }
 
 /* -------------------------------------------------------------------------------------- write */
-/* The first write to a regular file (or block device) per open, judged and recorded at sys_enter (before
- * the data lands). Every later write to the same open file costs one fd lookup and one hash lookup. */
-static __always_inline int write_enter(u32 sc, s64 fd)
+/* The first write to a regular file (or block device) per open that wrote something, judged and recorded
+ * at sys_exit with its result (bytes written); the fd is read from the saved registers. A failed write
+ * changed nothing and does not count as the first. Every later write to the same open file costs the
+ * register read, one fd lookup and one hash lookup. (A kill rule stops a write at sys_enter: the
+ * enforcement sensor's business.) */
+static __always_inline int write_exit(u32 sc, long ret)
 {
+    if (ret < 0)
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (ignored(id >> 32))
         return 0;
@@ -664,6 +667,7 @@ static __always_inline int write_enter(u32 sc, s64 fd)
     struct fpol *p = policy_of(f, RK_WRITE);
     if (p && p->mode == MODE_DROP)
         return 0;                                     /* no rule needs writes: none is an event */
+    s64 fd = (s32)SYSARG(syscall_regs(), 0);
     u64 task = bpf_get_current_task();
     u64 file = fd_file_of(task, fd);
     if (!file)
@@ -692,7 +696,7 @@ static __always_inline int write_enter(u32 sc, s64 fd)
         return 0;
     u32 k2 = RK_WRITE;
     forget(f, v, k2);
-    struct rec_hdr *h = begin(s, task, RK_WRITE, sizeof(struct fileop_body), 0);
+    struct rec_hdr *h = begin(s, task, RK_WRITE, sizeof(struct fileop_body), ret);
     h->hflags = hflags_of(v);
     struct fileop_body *b = BODY(fileop_body, s);
     __builtin_memset(b, 0, sizeof(*b));
@@ -706,11 +710,11 @@ static __always_inline int write_enter(u32 sc, s64 fd)
     return 0;
 }
 
-TP(syscalls, sys_enter_write) { return write_enter(SC_WRITE, args->fd); }
-TP(syscalls, sys_enter_writev) { return write_enter(SC_WRITEV, args->fd); }
-TP(syscalls, sys_enter_pwrite64) { return write_enter(SC_PWRITE64, args->fd); }
-TP(syscalls, sys_enter_pwritev) { return write_enter(SC_PWRITEV, args->fd); }
-TP(syscalls, sys_enter_pwritev2) { return write_enter(SC_PWRITEV2, args->fd); }
+TP(syscalls, sys_exit_write) { return write_exit(SC_WRITE, args->ret); }
+TP(syscalls, sys_exit_writev) { return write_exit(SC_WRITEV, args->ret); }
+TP(syscalls, sys_exit_pwrite64) { return write_exit(SC_PWRITE64, args->ret); }
+TP(syscalls, sys_exit_pwritev) { return write_exit(SC_PWRITEV, args->ret); }
+TP(syscalls, sys_exit_pwritev2) { return write_exit(SC_PWRITEV2, args->ret); }
 
 /* ---------------------------------------------------------- two-path operations (FILEOP2) */
 /* in: a0 dirfd + a1 string of the first file, a2 dirfd + a3 string of the second, a4 flags, a5 extra string

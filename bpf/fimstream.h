@@ -66,21 +66,15 @@ struct scratch {
     u32 pad;
 };
 
-struct inflight {         /* syscall arguments saved at sys_enter, used at sys_exit */
+struct inflight {         /* a syscall's arguments, read at its sys_exit (EXIT_ARGS) */
     u64 a[6];
     u32 sc;
-    u32 pad;
-    u32 live;             /* set by stash, cleared by unstash: the thread is inside this syscall */
-    u32 pad2;
+    u32 pad;              /* the record kind */
 };
 
 /* ------------------------------------------------------------------------------------- shared maps */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
-/* Per-thread task-local storage: a slot that lives and dies with the task_struct, so nothing goes stale
- * and nothing can fill up, and a non-leader thread's exec keeps its slot. Measured here: an insert and a
- * delete in a hash map per syscall cost ~250 ns more than this. */
-BPF_TASK_STORAGE(inflight, struct inflight);
 /* The tgids the pipeline itself runs as, one bit per pid (pid_max is at most 2^22): an array lookup is
  * inlined by the verifier, a hash lookup costs ~40 ns here, on every hooked syscall. */
 BPF_ARRAY(ignore_bits, u64, IGNORE_WORDS);
@@ -455,10 +449,11 @@ static __always_inline char *syscall_regs(void)
     return (char *)task_pt_regs_(bpf_get_current_task_btf());
 }
 #define SYSARG(regs, n) KLOAD(u64, (regs) + O_SYSARG##n)
+/* The syscall number (orig_ax, syscallno: its low 32 bits on either architecture) */
+#define SYSNR(regs) KLOAD(u32, (regs) + O_SYSNR)
 
-/* A sys_exit hook's own arguments, read from the saved registers into `struct inflight in` in the layout a
- * sys_enter stash gives, once the pipeline's own pids are dropped. In the argument expressions REG(n) is
- * argument n as a long or a pointer, REGI(n) as an int, REGU(n) as an unsigned int and REGMODE(n) as a
+/* A sys_exit hook's own arguments, read from the saved registers into `struct inflight in` once the
+ * pipeline's own pids are dropped. In the argument expressions REG(n) is argument n as a long or a pointer, REGI(n) as an int, REGU(n) as an unsigned int and REGMODE(n) as a
  * umode_t, as the kernel casts its parameters (the upper half of a register holding an int is not the
  * caller's). One tracepoint per syscall instead of two; the user memory the arguments point to was read at
  * sys_exit either way. */
@@ -470,8 +465,6 @@ static __always_inline char *syscall_regs(void)
         char *regs_ = syscall_regs(); \
         in.sc = (sc_); \
         in.pad = (kind); \
-        in.live = 1; \
-        in.pad2 = 0; \
         in.a[0] = (x0); \
         in.a[1] = (x1); \
         in.a[2] = (x2); \
@@ -484,46 +477,85 @@ static __always_inline char *syscall_regs(void)
 #define REGU(n) ((u64)(u32)SYSARG(regs_, n))
 #define REGMODE(n) ((u64)(u16)SYSARG(regs_, n))    /* umode_t */
 
-/* The current thread's argument slot (created on first use). */
-static __always_inline struct inflight *inflight_slot(int create)
+/* ------------------------------------------------------------------------------ thread snapshots */
+/* Each thread's credentials, namespaces and root as of their last change, so that a sys_exit hook can say
+ * what a call changed without a sys_enter hook (any sys_enter hook puts ~30 ns on every syscall of every
+ * process here, watched or not). A thread's credentials and namespaces change only through the calls the
+ * privilege sensor traces (commit_creds acts on the calling thread), exec and clone, so the snapshot taken
+ * at fork (the child's), at exec and at each of those calls' exit is the state before the next call.
+ * Threads older than the collector are seeded from /proc (threadsnap.py), which gives no kernel pointers:
+ * root_mnt 0 = the root is not known. Dropped at the thread's exit. */
+struct cred_snap {        /* 56 bytes */
+    u32 uid, euid, suid, fsuid;
+    u32 gid, egid, sgid, fsgid;
+    u64 cap_inh, cap_perm, cap_eff;
+};
+
+#define SNAP_NS 8         /* mnt uts ipc pid_for_children net time_for_children cgroup user */
+
+struct thread_snap {      /* 104 bytes */
+    struct cred_snap cred;
+    u32 ns[SNAP_NS];
+    u64 root_mnt, root_dentry;
+};
+
+BPF_F_TABLE("hash", u32, struct thread_snap, thread_snaps, THREAD_SNAPS, BPF_F_NO_PREALLOC);
+
+static __always_inline void cred_read(struct cred_snap *c, u64 cred)
 {
-    return inflight.task_storage_get(bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+    c->uid = rd32(cred + O_CRED_UID);
+    c->euid = rd32(cred + O_CRED_EUID);
+    c->suid = rd32(cred + O_CRED_SUID);
+    c->fsuid = rd32(cred + O_CRED_FSUID);
+    c->gid = rd32(cred + O_CRED_GID);
+    c->egid = rd32(cred + O_CRED_EGID);
+    c->sgid = rd32(cred + O_CRED_SGID);
+    c->fsgid = rd32(cred + O_CRED_FSGID);
+    c->cap_inh = rd64(cred + O_CRED_CAP_INHERITABLE);
+    c->cap_perm = rd64(cred + O_CRED_CAP_PERMITTED);
+    c->cap_eff = rd64(cred + O_CRED_CAP_EFFECTIVE);
 }
 
-/* Save a syscall's arguments for its sys_exit (the calls still traced at entry); `seen` is counted here,
- * an ignored caller as seen + filtered, a missing slot (out of memory) as seen + lost. */
-static __always_inline int stash(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
+static __always_inline u32 ns_inum(u64 nsproxy, u32 member, u32 inum)
 {
-    if (drop_ignored(kind))
-        return 0;
-    tally(kind, C_SEEN);
-    struct inflight *in = inflight_slot(1);
-    if (!in) {
-        tally(kind, C_LOST);
-        return 0;
+    u64 ns = rd64(nsproxy + member);
+    return ns ? rd32(ns + inum) : 0;
+}
+
+static __always_inline void ns_read(u32 *ns, u64 task)
+{
+    u64 nsp = rd64(task + O_TASK_NSPROXY);
+    if (nsp) {
+        ns[0] = ns_inum(nsp, O_NSPROXY_MNT_NS, O_MNT_NS_INUM);
+        ns[1] = ns_inum(nsp, O_NSPROXY_UTS_NS, O_UTS_NS_INUM);
+        ns[2] = ns_inum(nsp, O_NSPROXY_IPC_NS, O_IPC_NS_INUM);
+        ns[3] = ns_inum(nsp, O_NSPROXY_PID_NS_FOR_CHILDREN, O_PID_NS_INUM);
+        ns[4] = ns_inum(nsp, O_NSPROXY_NET_NS, O_NET_NS_INUM);
+#if O_NSPROXY_TIME_NS_FOR_CHILDREN >= 0
+        ns[5] = ns_inum(nsp, O_NSPROXY_TIME_NS_FOR_CHILDREN, O_TIME_NS_INUM);
+#endif
+        ns[6] = ns_inum(nsp, O_NSPROXY_CGROUP_NS, O_CGROUP_NS_INUM);
     }
-    in->sc = sc;
-    in->pad = kind;
-    in->a[0] = a0;
-    in->a[1] = a1;
-    in->a[2] = a2;
-    in->a[3] = a3;
-    in->a[4] = a4;
-    in->a[5] = a5;
-    in->live = 1;
-    return 0;
+    ns[7] = ns_inum(rd64(task + O_TASK_CRED), O_CRED_USER_NS, O_USER_NS_INUM);
 }
 
-
-/* The saved arguments of the current thread's syscall (copied, then marked used). */
-static __always_inline int unstash(struct inflight *out)
+static __always_inline void root_read(struct thread_snap *t, u64 task)
 {
-    struct inflight *in = inflight_slot(0);
-    if (!in || !in->live)
-        return 0;
-    __builtin_memcpy(out, in, sizeof(*out));
-    in->live = 0;
-    return 1;
+    u64 fs = rd64(task + O_TASK_FS);
+    t->root_mnt = rd64(fs + O_FS_ROOT + O_PATH_MNT);
+    t->root_dentry = rd64(fs + O_FS_ROOT + O_PATH_DENTRY);
+}
+
+/* Snapshot `task` (thread `tid`) whole. */
+static __always_inline void snap_take(u32 tid, u64 task)
+{
+    struct thread_snap zero = {};
+    struct thread_snap *t = thread_snaps.lookup_or_try_init(&tid, &zero);
+    if (!t)
+        return;                                       /* full (THREAD_SNAPS threads): the change is reported as unknown */
+    cred_read(&t->cred, rd64(task + O_TASK_CRED));
+    ns_read(t->ns, task);
+    root_read(t, task);
 }
 
 #endif /* FIMSTREAM_H */

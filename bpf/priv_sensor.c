@@ -1,132 +1,44 @@
 /* Privilege sensor: set*uid/set*gid/setfs*id, setgroups, capset, unshare, setns, chroot.
  *
- * Every hook snapshots the caller's credentials at sys_enter (and, where the call changes them, its
- * namespaces or its root) and reads them again at sys_exit, so a record says what the call really
- * changed, not what it asked for: the kernel's own view before and after, whatever the arguments meant
- * (-1 = unchanged, saved ids, a pidfd passed to setns, a user namespace entered by unshare). The
- * arguments are recorded too, so a refused attempt (setuid(0) -> EPERM) is visible as such.
+ * Every hook runs at sys_exit alone and compares the caller's credentials (and, where the call changes
+ * them, its namespaces or its root) with the thread's snapshot from before the call (fimstream.h: taken at
+ * fork and exec by the process sensor, and again here after each call), so a record says what the call
+ * really changed, not what it asked for: the kernel's own view before and after, whatever the arguments
+ * meant (-1 = unchanged, saved ids, a pidfd passed to setns, a user namespace entered by unshare). The
+ * arguments are recorded too (from the saved registers), so a refused attempt (setuid(0) -> EPERM) is
+ * visible as such. A thread with no snapshot (the map full, or a thread that began between the collector's
+ * start and its /proc scan) is reported with PRIV_OLD_UNKNOWN.
  *
  * The exec of a set-user-ID/set-group-ID or file-capability binary is the process sensor's business
  * (a credential change across exec, compared at sched_process_exec).
  */
 #include "fimstream.h"
 
-/* types bcc copies from the capset tracepoint's format into its `args` struct (no kernel headers here) */
-typedef void *cap_user_header_t;
-typedef void *cap_user_data_t;
-
-struct cred_snap {        /* 56 bytes */
-    u32 uid, euid, suid, fsuid;
-    u32 gid, egid, sgid, fsgid;
-    u64 cap_inh, cap_perm, cap_eff;
-};
-
-#define PRIV_NS 8         /* mnt uts ipc pid_for_children net time_for_children cgroup user */
 #define PRIV_GROUPS 32
-
-struct priv_in {          /* sys_enter -> sys_exit */
-    u32 sc;
-    u32 kind;
-    u64 a[3];
-    struct cred_snap old;
-    u32 ns[PRIV_NS];
-    u64 root_mnt, root_dentry;    /* chroot: the root the new one is walked up to */
-};
+#define PRIV_OLD_UNKNOWN 1    /* no snapshot: old and ns_old are zero */
+#define PRIV_ROOT_UNKNOWN 2   /* chroot: the old root is not known (a thread seeded from /proc): the new
+                               * root is walked up to its mount namespace's root (PF_OUTSIDE_ROOT) */
 
 struct priv_body {        /* RK_SETUID .. RK_CHROOT; variable part: the chroot slot's bytes */
     u32 sc;
     u32 ngroups;          /* setgroups: supplementary groups after the call (the first PRIV_GROUPS below) */
+    u32 pflags;           /* PRIV_* */
+    u32 pad;
     u64 a[3];             /* the syscall's arguments */
     struct cred_snap old;
     struct cred_snap new;
-    u32 ns_old[PRIV_NS];  /* namespace inode numbers (unshare, setns) */
-    u32 ns_new[PRIV_NS];
+    u32 ns_old[SNAP_NS];  /* namespace inode numbers (unshare, setns) */
+    u32 ns_new[SNAP_NS];
     u32 groups[PRIV_GROUPS];
     struct file_info root;  /* chroot: the new root, walked up to the old one */
 };
 
-/* A thread killed between sys_enter and sys_exit leaves its entry behind: LRU keeps that bounded. */
-BPF_TABLE("lru_hash", u32, struct priv_in, priv_inflight, 1024);
-
 #define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
 
-static __always_inline void cred_read(struct cred_snap *c, u64 cred)
+static __always_inline void priv_record(struct scratch *s, struct inflight *in, long ret, u64 task,
+                                        struct thread_snap *t)
 {
-    c->uid = rd32(cred + O_CRED_UID);
-    c->euid = rd32(cred + O_CRED_EUID);
-    c->suid = rd32(cred + O_CRED_SUID);
-    c->fsuid = rd32(cred + O_CRED_FSUID);
-    c->gid = rd32(cred + O_CRED_GID);
-    c->egid = rd32(cred + O_CRED_EGID);
-    c->sgid = rd32(cred + O_CRED_SGID);
-    c->fsgid = rd32(cred + O_CRED_FSGID);
-    c->cap_inh = rd64(cred + O_CRED_CAP_INHERITABLE);
-    c->cap_perm = rd64(cred + O_CRED_CAP_PERMITTED);
-    c->cap_eff = rd64(cred + O_CRED_CAP_EFFECTIVE);
-}
-
-static __always_inline u32 ns_inum(u64 nsproxy, u32 member, u32 inum)
-{
-    u64 ns = rd64(nsproxy + member);
-    return ns ? rd32(ns + inum) : 0;
-}
-
-static __always_inline void ns_read(u32 *ns, u64 task)
-{
-    u64 nsp = rd64(task + O_TASK_NSPROXY);
-    if (nsp) {
-        ns[0] = ns_inum(nsp, O_NSPROXY_MNT_NS, O_MNT_NS_INUM);
-        ns[1] = ns_inum(nsp, O_NSPROXY_UTS_NS, O_UTS_NS_INUM);
-        ns[2] = ns_inum(nsp, O_NSPROXY_IPC_NS, O_IPC_NS_INUM);
-        ns[3] = ns_inum(nsp, O_NSPROXY_PID_NS_FOR_CHILDREN, O_PID_NS_INUM);
-        ns[4] = ns_inum(nsp, O_NSPROXY_NET_NS, O_NET_NS_INUM);
-#if O_NSPROXY_TIME_NS_FOR_CHILDREN >= 0
-        ns[5] = ns_inum(nsp, O_NSPROXY_TIME_NS_FOR_CHILDREN, O_TIME_NS_INUM);
-#endif
-        ns[6] = ns_inum(nsp, O_NSPROXY_CGROUP_NS, O_CGROUP_NS_INUM);
-    }
-    ns[7] = ns_inum(rd64(task + O_TASK_CRED), O_CRED_USER_NS, O_USER_NS_INUM);
-}
-
-static __always_inline int priv_enter(u32 kind, u32 sc, u64 a0, u64 a1, u64 a2)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    if (drop_ignored(kind))
-        return 0;
-    tally(kind, C_SEEN);
-    u64 task = bpf_get_current_task();
-    struct priv_in in = {};
-    in.sc = sc;
-    in.kind = kind;
-    in.a[0] = a0;
-    in.a[1] = a1;
-    in.a[2] = a2;
-    cred_read(&in.old, rd64(task + O_TASK_CRED));
-    if (kind == RK_UNSHARE || kind == RK_SETNS)
-        ns_read(in.ns, task);
-    if (kind == RK_CHROOT) {
-        u64 fs = rd64(task + O_TASK_FS);
-        in.root_mnt = rd64(fs + O_FS_ROOT + O_PATH_MNT);
-        in.root_dentry = rd64(fs + O_FS_ROOT + O_PATH_DENTRY);
-    }
-    u32 tid = (u32)id;
-    priv_inflight.update(&tid, &in);
-    return 0;
-}
-
-static __always_inline int priv_exit(long ret)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct priv_in *in = priv_inflight.lookup(&tid);
-    if (!in)
-        return 0;
-    struct scratch *s = scratch_get();
-    if (!s) {
-        priv_inflight.delete(&tid);
-        return 0;
-    }
-    u64 task = bpf_get_current_task();
-    u32 kind = in->kind;
+    u32 kind = in->pad;
     begin(s, task, kind, sizeof(struct priv_body), ret);
     struct priv_body *b = BODY(priv_body, s);
     __builtin_memset(b, 0, sizeof(*b));
@@ -134,11 +46,18 @@ static __always_inline int priv_exit(long ret)
     b->a[0] = in->a[0];
     b->a[1] = in->a[1];
     b->a[2] = in->a[2];
-    __builtin_memcpy(&b->old, &in->old, sizeof(b->old));
+    u64 root_mnt = 0, root_dentry = 0;
+    if (t) {
+        __builtin_memcpy(&b->old, &t->cred, sizeof(b->old));
+        __builtin_memcpy(b->ns_old, t->ns, sizeof(b->ns_old));
+        root_mnt = t->root_mnt;
+        root_dentry = t->root_dentry;
+    } else {
+        b->pflags |= PRIV_OLD_UNKNOWN;
+    }
     u64 cred = TASK64(s, O_TASK_CRED);
     cred_read(&b->new, cred);
     if (kind == RK_UNSHARE || kind == RK_SETNS) {
-        __builtin_memcpy(b->ns_old, in->ns, sizeof(b->ns_old));
         ns_read(b->ns_new, task);
     } else if (kind == RK_SETGROUPS) {
         u64 gi = rd64(cred + O_CRED_GROUP_INFO);
@@ -149,49 +68,125 @@ static __always_inline int priv_exit(long ret)
     } else if (kind == RK_CHROOT) {
         if (ret == 0) {
             /* the new root as the old root saw it (PF_OUTSIDE_ROOT: it is not under the old root) */
+            if (!root_mnt)
+                b->pflags |= PRIV_ROOT_UNKNOWN;
             WIN_BUF(fs, W_FS);
             READ_WIN(fs, W_FS, TASK64(s, O_TASK_FS));
             u64 dentry = WIN64(fs, W_FS, O_FS_ROOT + O_PATH_DENTRY);
             fill_inode(&b->root, rd64(dentry + O_DENTRY_INODE));
-            b->root.path_flags = walk_to(s, dentry, WIN64(fs, W_FS, O_FS_ROOT + O_PATH_MNT), in->root_mnt, in->root_dentry);
+            b->root.path_flags = walk_to(s, dentry, WIN64(fs, W_FS, O_FS_ROOT + O_PATH_MNT), root_mnt, root_dentry);
             b->root.path_len = append_walk(s);
         } else {
             slot_user_path(s, &b->root, AT_FDCWD_, in->a[0]);
         }
     }
-    priv_inflight.delete(&tid);
     emit(s, kind);
+}
+
+/* The thread's snapshot after the call: what the next call is compared with. */
+static __always_inline void priv_snap(struct thread_snap *t, u32 tid, u64 task, u32 kind, long ret)
+{
+    if (!t) {
+        snap_take(tid, task);
+        return;
+    }
+    cred_read(&t->cred, rd64(task + O_TASK_CRED));
+    if (kind == RK_UNSHARE || kind == RK_SETNS)
+        ns_read(t->ns, task);
+    else if (kind == RK_CHROOT && ret == 0)
+        root_read(t, task);
+}
+
+static __always_inline int priv_exit(struct inflight in, long ret)
+{
+    u32 kind = in.pad;
+    tally(kind, C_SEEN);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 task = bpf_get_current_task();
+    struct thread_snap *t = thread_snaps.lookup(&tid);
+    struct scratch *s = scratch_get();
+    if (s)
+        priv_record(s, &in, ret, task, t);
+    priv_snap(t, tid, task, kind, ret);
     return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ ids */
-TP(syscalls, sys_enter_setuid) { return priv_enter(RK_SETUID, SC_SETUID, args->uid, 0, 0); }
-TP(syscalls, sys_enter_setreuid) { return priv_enter(RK_SETUID, SC_SETREUID, args->ruid, args->euid, 0); }
-TP(syscalls, sys_enter_setresuid) { return priv_enter(RK_SETUID, SC_SETRESUID, args->ruid, args->euid, args->suid); }
-TP(syscalls, sys_enter_setfsuid) { return priv_enter(RK_SETUID, SC_SETFSUID, args->uid, 0, 0); }
-TP(syscalls, sys_enter_setgid) { return priv_enter(RK_SETGID, SC_SETGID, args->gid, 0, 0); }
-TP(syscalls, sys_enter_setregid) { return priv_enter(RK_SETGID, SC_SETREGID, args->rgid, args->egid, 0); }
-TP(syscalls, sys_enter_setresgid) { return priv_enter(RK_SETGID, SC_SETRESGID, args->rgid, args->egid, args->sgid); }
-TP(syscalls, sys_enter_setfsgid) { return priv_enter(RK_SETGID, SC_SETFSGID, args->gid, 0, 0); }
-TP(syscalls, sys_enter_setgroups) { return priv_enter(RK_SETGROUPS, SC_SETGROUPS, args->gidsetsize, 0, 0); }
-TP(syscalls, sys_enter_capset) { return priv_enter(RK_CAPSET, SC_CAPSET, 0, 0, 0); }
+TP(syscalls, sys_exit_setuid)
+{
+    EXIT_ARGS(RK_SETUID, SC_SETUID, REGU(0), 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
 
-TP(syscalls, sys_exit_setuid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setreuid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setresuid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setfsuid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setgid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setregid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setresgid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setfsgid) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setgroups) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_capset) { return priv_exit(args->ret); }
+TP(syscalls, sys_exit_setreuid)
+{
+    EXIT_ARGS(RK_SETUID, SC_SETREUID, REGU(0), REGU(1), 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_setresuid)
+{
+    EXIT_ARGS(RK_SETUID, SC_SETRESUID, REGU(0), REGU(1), REGU(2), 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_setfsuid)
+{
+    EXIT_ARGS(RK_SETUID, SC_SETFSUID, REGU(0), 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_setgid)
+{
+    EXIT_ARGS(RK_SETGID, SC_SETGID, REGU(0), 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_setregid)
+{
+    EXIT_ARGS(RK_SETGID, SC_SETREGID, REGU(0), REGU(1), 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_setresgid)
+{
+    EXIT_ARGS(RK_SETGID, SC_SETRESGID, REGU(0), REGU(1), REGU(2), 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_setfsgid)
+{
+    EXIT_ARGS(RK_SETGID, SC_SETFSGID, REGU(0), 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_setgroups)
+{
+    EXIT_ARGS(RK_SETGROUPS, SC_SETGROUPS, REGI(0), 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_capset)
+{
+    EXIT_ARGS(RK_CAPSET, SC_CAPSET, 0, 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
 
 /* ----------------------------------------------------------------------------- namespaces, root */
-TP(syscalls, sys_enter_unshare) { return priv_enter(RK_UNSHARE, SC_UNSHARE, args->unshare_flags, 0, 0); }
-TP(syscalls, sys_enter_setns) { return priv_enter(RK_SETNS, SC_SETNS, args->fd, args->flags, 0); }
-TP(syscalls, sys_enter_chroot) { return priv_enter(RK_CHROOT, SC_CHROOT, (u64)args->filename, 0, 0); }
+TP(syscalls, sys_exit_unshare)
+{
+    EXIT_ARGS(RK_UNSHARE, SC_UNSHARE, REG(0), 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
 
-TP(syscalls, sys_exit_unshare) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_setns) { return priv_exit(args->ret); }
-TP(syscalls, sys_exit_chroot) { return priv_exit(args->ret); }
+TP(syscalls, sys_exit_setns)
+{
+    EXIT_ARGS(RK_SETNS, SC_SETNS, REGI(0), REGI(1), 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}
+
+TP(syscalls, sys_exit_chroot)
+{
+    EXIT_ARGS(RK_CHROOT, SC_CHROOT, REG(0), 0, 0, 0, 0, 0);
+    return priv_exit(in, args->ret);
+}

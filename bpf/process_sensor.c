@@ -4,7 +4,9 @@
  * with the new image in place (current->mm->exe_file = the true executable, mm->arg_start..arg_end =
  * the new argv, creds committed, comm set), and its `filename` is the kernel's own copy of the name
  * the caller passed (bprm->filename), so no user memory that a racing thread could change is read.
- * sys_exit_execve only reports failed execs (the caller's string is still mapped then).
+ * The credentials before it are the thread's snapshot (fimstream.h), which this sensor keeps: taken for
+ * every new thread at fork and again at exec, dropped at exit. sys_exit_execve only reports failed execs
+ * (the caller's string is still mapped then). No hook here is at sys_enter.
  */
 #include "fimstream.h"
 
@@ -25,10 +27,11 @@ struct exec_body {        /* RK_EXEC; variable part: exe (file slot), filename, 
     s64 ctime_ns;
 };
 
-#define EXF_OLD_CRED 1    /* old_* were saved at sys_enter_execve(at) */
+#define EXF_OLD_CRED 1    /* old_* are the thread's snapshot from before the exec */
 #define EXF_OVERLAY 2     /* the file is on overlayfs */
 #define EXF_UPPER 4       /* ... and has an upper-layer copy: written or changed after the layers were made */
 #define OVERLAYFS_SUPER_MAGIC_ 0x794c7630
+#define DEV_FD_PREFIX 0x2f64662f7665642fULL   /* "/dev/fd/" as a little-endian u64 */
 
 struct fork_body {        /* RK_FORK: the header is the parent's */
     u32 child_pid;
@@ -72,6 +75,18 @@ static __always_inline int slot_pseudo(struct scratch *s, struct file_info *fi, 
 TP(sched, sched_process_exec)
 {
     u64 task = bpf_get_current_task();
+    /* credentials before the exec, to see a set-user-ID/set-group-ID or file-capability change: the
+     * snapshot of the thread that called exec (old_pid: a non-leader thread's exec takes the leader's pid),
+     * then the snapshot taken again, whoever the caller (the pipeline's own pids included) */
+    u32 old_tid = args->old_pid, tid = (u32)bpf_get_current_pid_tgid();
+    struct cred_snap old = {};
+    struct thread_snap *t = thread_snaps.lookup(&old_tid);
+    int have_old = t != 0;
+    if (t)
+        __builtin_memcpy(&old, &t->cred, sizeof(old));
+    if (old_tid != tid)
+        thread_snaps.delete(&old_tid);
+    snap_take(tid, task);
     if (drop_ignored(RK_EXEC))
         return 0;
     tally(RK_EXEC, C_SEEN);
@@ -81,16 +96,24 @@ TP(sched, sched_process_exec)
     begin(s, task, RK_EXEC, sizeof(struct exec_body), 0);
     struct exec_body *b = BODY(exec_body, s);
     __builtin_memset(b, 0, sizeof(*b));
-    struct inflight *in = inflight_slot(0);          /* which syscall (none: an exec started by the kernel) */
-    if (in && in->live) {
-        b->sc = in->sc;
-        /* credentials before the exec, to see a set-user-ID/set-group-ID or file-capability change */
+    if (have_old) {
         b->xflags |= EXF_OLD_CRED;
-        b->old_uid = (u32)in->a[3];
-        b->old_euid = in->a[3] >> 32;
-        b->old_gid = (u32)in->a[4];
-        b->old_egid = in->a[4] >> 32;
-        b->old_caps = in->a[5];
+        b->old_uid = old.uid;
+        b->old_euid = old.euid;
+        b->old_gid = old.gid;
+        b->old_egid = old.egid;
+        b->old_caps = old.cap_eff;
+    }
+    /* Which syscall. The saved syscall number tells an exec from a user process (execve or execveat) from
+     * one the kernel started (neither), but not which of the two: here it reads __NR_execve at this point
+     * even for an execveat (measured on 6.18). The kernel's copy of the name does: it builds "/dev/fd/N"
+     * or "/dev/fd/N/name" for an execveat relative to a dirfd. An execveat(AT_FDCWD, path) reads as the
+     * execve it is equivalent to. */
+    u32 nr = SYSNR(syscall_regs());
+    if (nr == NR_EXECVE || nr == NR_EXECVEAT) {
+        u64 head = 0;
+        bpf_probe_read_kernel(&head, sizeof(head), (char *)args + (args->data_loc_filename & 0xFFFF));
+        b->sc = head == DEV_FD_PREFIX ? SC_EXECVEAT : SC_EXECVE;
     }
     b->mnt_ns = rd32(rd64(TASK64(s, O_TASK_NSPROXY) + O_NSPROXY_MNT_NS) + O_MNT_NS_INUM);
     b->new_caps = rd64(TASK64(s, O_TASK_CRED) + O_CRED_CAP_EFFECTIVE);
@@ -136,34 +159,9 @@ TP(sched, sched_process_exec)
     return 0;
 }
 
-/* Exec arguments are saved for the failure report, the caller's credentials for the comparison at
- * sched_process_exec; kind 0 keeps these entries out of the exec counters, which count
- * sched_process_exec hits and failed execs once each. */
-static __always_inline int exec_enter(u32 sc, s64 dfd, u64 filename, u64 flags)
+/* A failed exec: the caller's arguments are still in its registers and memory. */
+static __always_inline int exec_failed(struct inflight in, long ret)
 {
-    u64 cred = rd64(bpf_get_current_task() + O_TASK_CRED);
-    WIN_BUF(c, W_CRED);
-    READ_WIN(c, W_CRED, cred);
-    u64 uids = WIN32(c, W_CRED, O_CRED_UID) | (u64)WIN32(c, W_CRED, O_CRED_EUID) << 32;
-    u64 gids = WIN32(c, W_CRED, O_CRED_GID) | (u64)WIN32(c, W_CRED, O_CRED_EGID) << 32;
-    return stash(0, sc, dfd, filename, flags, uids, gids, rd64(cred + O_CRED_CAP_EFFECTIVE));
-}
-
-TP(syscalls, sys_enter_execve)
-{
-    return exec_enter(SC_EXECVE, AT_FDCWD_, (u64)args->filename, 0);
-}
-
-TP(syscalls, sys_enter_execveat)
-{
-    return exec_enter(SC_EXECVEAT, args->fd, (u64)args->filename, args->flags);
-}
-
-static __always_inline int exec_exit(long ret)
-{
-    struct inflight in;
-    if (!unstash(&in) || ret >= 0)
-        return 0;                                     /* success was recorded at sched_process_exec */
     tally(RK_EXEC, C_SEEN);
     struct scratch *s = scratch_get();
     if (!s)
@@ -179,14 +177,28 @@ static __always_inline int exec_exit(long ret)
     return 0;
 }
 
-TP(syscalls, sys_exit_execve) { return exec_exit(args->ret); }
-TP(syscalls, sys_exit_execveat) { return exec_exit(args->ret); }
+TP(syscalls, sys_exit_execve)
+{
+    if (args->ret >= 0)
+        return 0;                                     /* success was recorded at sched_process_exec */
+    EXIT_ARGS(RK_EXEC, SC_EXECVE, AT_FDCWD_, REG(0), 0, 0, 0, 0);
+    return exec_failed(in, args->ret);
+}
+
+TP(syscalls, sys_exit_execveat)
+{
+    if (args->ret >= 0)
+        return 0;
+    EXIT_ARGS(RK_EXEC, SC_EXECVEAT, REGI(0), REG(1), REGI(4), 0, 0, 0);
+    return exec_failed(in, args->ret);
+}
 
 RAW_TP(sched_process_fork)
 {
     /* args: (struct task_struct *parent, struct task_struct *child); threads are not processes */
     u64 child = ctx->args[1];
     u32 child_pid = rd32(child + O_TASK_PID);
+    snap_take(child_pid, child);                      /* every thread's: what its first credential change is compared with */
     if (child_pid != rd32(child + O_TASK_TGID))
         return 0;
     tally(RK_FORK, C_SEEN);
@@ -210,6 +222,8 @@ RAW_TP(sched_process_fork)
 TP(sched, sched_process_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    thread_snaps.delete(&tid);
     if (!args->group_dead)
         return 0;
     u64 task = bpf_get_current_task();

@@ -16,7 +16,7 @@ import os
 import time
 from typing import Callable, Iterable
 
-from fimstream.collector import records as R
+from fimstream.collector import records as R, threadsnap
 from fimstream.collector.enforce_sensor import EnforceSensor
 from fimstream.collector.file_sensor import FileSensor
 from fimstream.collector.net_sensor import NetSensor
@@ -66,6 +66,7 @@ class Collector:
         self.reader: RingReader | None = None
         self.on_event: Callable = lambda ev: None
         self._decoders: dict[int, Callable] = {}
+        self.thread_snaps: dict[str, int] = {}  # threadsnap.seed's counts, after start()
         self.events = 0
         self.decode_errors = 0
         self.unknown_kinds = 0
@@ -80,9 +81,10 @@ class Collector:
         self.filter = KernelFilter(self.program.bpf)
         self._decoders = {kind: fn for s in self.program.loaded for kind, fn in s.decoders.items()}
         self.procs.seed()
-        log.info("sensors %s loaded (compile %.1fs, kernel reads: %s), %d processes seeded from /proc",
-                 ", ".join(s.name for s in self.program.loaded), self.program.compile_seconds, self.program.reads,
-                 len(self.procs))
+        self.thread_snaps = threadsnap.seed(self.program.bpf)  # after the fork hook is attached
+        log.info("sensors %s loaded (compile %.1fs, kernel reads: %s), %d processes seeded from /proc, "
+                 "%d thread snapshots", ", ".join(s.name for s in self.program.loaded),
+                 self.program.compile_seconds, self.program.reads, len(self.procs), self.thread_snaps["seeded"])
 
     def close(self) -> None:
         if self.reader is not None:

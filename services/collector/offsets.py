@@ -19,6 +19,19 @@ class Need:
     optional: bool = False  # absent on some kernels (CONFIG_AUDIT): the macro is -1
 
 
+def _ns_needs() -> dict[str, Need]:
+    """nsproxy members and the inode number of each namespace (time namespaces are optional: 5.6+)."""
+    out = {}
+    for macro, member, struct_name, optional in (
+            ("UTS", "uts_ns", "uts_namespace", False), ("IPC", "ipc_ns", "ipc_namespace", False),
+            ("PID", "pid_ns_for_children", "pid_namespace", False), ("NET", "net_ns", "net", False),
+            ("TIME", "time_ns_for_children", "time_namespace", True),
+            ("CGROUP", "cgroup_ns", "cgroup_namespace", False)):
+        out[f"O_NSPROXY_{member.upper()}"] = Need(("nsproxy", member), 8, optional)
+        out[f"O_{macro}_NS_INUM"] = Need((struct_name, "ns", "inum"), 4, optional)
+    return out
+
+
 NEEDS: dict[str, Need] = {
     "O_TASK_REAL_PARENT": Need(("task_struct", "real_parent"), 8),
     "O_TASK_GROUP_LEADER": Need(("task_struct", "group_leader"), 8),
@@ -40,6 +53,15 @@ NEEDS: dict[str, Need] = {
     "O_CRED_GID": Need(("cred", "gid"), 4),
     "O_CRED_EUID": Need(("cred", "euid"), 4),
     "O_CRED_EGID": Need(("cred", "egid"), 4),
+    # the rest of a thread's credentials and its namespaces: the snapshot a credential change is compared
+    # with (struct thread_snap, fimstream.h), taken at fork and exec, read by the privilege sensor
+    "O_CRED_SUID": Need(("cred", "suid"), 4), "O_CRED_FSUID": Need(("cred", "fsuid"), 4),
+    "O_CRED_SGID": Need(("cred", "sgid"), 4), "O_CRED_FSGID": Need(("cred", "fsgid"), 4),
+    "O_CRED_CAP_INHERITABLE": Need(("cred", "cap_inheritable"), 8),
+    "O_CRED_CAP_PERMITTED": Need(("cred", "cap_permitted"), 8),
+    "O_CRED_CAP_EFFECTIVE": Need(("cred", "cap_effective"), 8),
+    "O_CRED_USER_NS": Need(("cred", "user_ns"), 8),
+    "O_USER_NS_INUM": Need(("user_namespace", "ns", "inum"), 4),
     "O_FILES_FDT": Need(("files_struct", "fdt"), 8),
     "O_FDT_MAX_FDS": Need(("fdtable", "max_fds"), 4),
     "O_FDT_FD": Need(("fdtable", "fd"), 8),
@@ -69,6 +91,7 @@ NEEDS: dict[str, Need] = {
     "O_MM_EXE_FILE": Need(("mm_struct", "exe_file"), 8),
     "O_MM_ARG_START": Need(("mm_struct", "arg_start"), 8),
     "O_MM_ARG_END": Need(("mm_struct", "arg_end"), 8),
+    **_ns_needs(),
 }
 
 
@@ -103,21 +126,28 @@ class OffsetError(RuntimeError):
 # sys_exit hook reads them there (SYSARG in fimstream.h) instead of a sys_enter hook stashing them.
 # aarch64 (not run here): x0 is overwritten by the return value, orig_x0 keeps the first argument.
 SYSCALL_ARG_REGS = {"x86_64": ("di", "si", "dx", "r10", "r8", "r9")}
+# The register the syscall number is saved in, and the numbers of the calls a program names by number
+# (an exec is recorded at sched_process_exec, where the syscall is known only from the registers).
+SYSCALL_NR = {"x86_64": ("orig_ax", {"NR_EXECVE": 59, "NR_EXECVEAT": 322}),
+              "aarch64": ("syscallno", {"NR_EXECVE": 221, "NR_EXECVEAT": 281})}
 
 
 def syscall_args(btf: Btf, machine: str | None = None) -> dict[str, int]:
-    """O_SYSARG0..O_SYSARG5: offsets in struct pt_regs of the syscall arguments on this machine."""
+    """O_SYSARG0..O_SYSARG5: offsets in struct pt_regs of the syscall arguments on this machine; O_SYSNR:
+    of the syscall number, with NR_* for the calls named by number."""
     import os
 
     machine = machine or os.uname().machine
+    if machine not in SYSCALL_NR:
+        raise OffsetError(f"syscall registers are not known for {machine}")
+    nr_reg, numbers = SYSCALL_NR[machine]
+    out = {"O_SYSNR": btf.offset("pt_regs", nr_reg).offset, **numbers}
     if machine == "aarch64":
         regs = btf.offset("pt_regs", "regs").offset  # u64 regs[31] (inside user_pt_regs)
-        return {"O_SYSARG0": btf.offset("pt_regs", "orig_x0").offset,
+        return {**out, "O_SYSARG0": btf.offset("pt_regs", "orig_x0").offset,
                 **{f"O_SYSARG{i}": regs + 8 * i for i in range(1, 6)}}
-    names = SYSCALL_ARG_REGS.get(machine)
-    if names is None:
-        raise OffsetError(f"syscall argument registers are not known for {machine}")
-    return {f"O_SYSARG{i}": btf.offset("pt_regs", name).offset for i, name in enumerate(names)}
+    return {**out, **{f"O_SYSARG{i}": btf.offset("pt_regs", name).offset
+                      for i, name in enumerate(SYSCALL_ARG_REGS[machine])}}
 
 
 def windows(offsets: dict[str, int]) -> dict[str, int]:

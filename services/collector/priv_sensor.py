@@ -15,9 +15,12 @@ from fimstream.collector.sensor import Sensor
 
 CRED_SNAP = struct.Struct("<8I3Q")  # uid euid suid fsuid gid egid sgid fsgid, cap_inh cap_perm cap_eff
 PRIV_NS, PRIV_GROUPS = 8, 32
-PRIV_BODY = struct.Struct(f"<II3Q{CRED_SNAP.size}s{CRED_SNAP.size}s{PRIV_NS}I{PRIV_NS}I{PRIV_GROUPS}I")
+PRIV_BODY = struct.Struct(f"<IIII3Q{CRED_SNAP.size}s{CRED_SNAP.size}s{PRIV_NS}I{PRIV_NS}I{PRIV_GROUPS}I")
 # then the chroot file_info slot, then its bytes
-assert PRIV_BODY.size == 8 + 24 + 112 + 64 + 128
+assert PRIV_BODY.size == 16 + 24 + 112 + 64 + 128
+# priv_body.pflags: the thread had no snapshot (old state from the process cache, else unknown); chroot of a
+# thread seeded from /proc: the new root is named from its mount namespace's root
+PRIV_OLD_UNKNOWN, PRIV_ROOT_UNKNOWN = 1, 2
 
 # namespace order of the ns arrays, with the CLONE_NEW* flag of each
 NAMESPACES = (("mnt", 0x00020000), ("uts", 0x04000000), ("ipc", 0x08000000), ("pid", 0x20000000),
@@ -32,33 +35,13 @@ _BODY = R.HEADER_SIZE
 _FI_SIZE = R.FILE_INFO.size
 
 
-def _ns_needs() -> dict[str, Need]:
-    out = {}
-    for macro, member, struct_name, optional in (
-            ("UTS", "uts_ns", "uts_namespace", False), ("IPC", "ipc_ns", "ipc_namespace", False),
-            ("PID", "pid_ns_for_children", "pid_namespace", False), ("NET", "net_ns", "net", False),
-            ("TIME", "time_ns_for_children", "time_namespace", True),
-            ("CGROUP", "cgroup_ns", "cgroup_namespace", False)):
-        out[f"O_NSPROXY_{member.upper()}"] = Need(("nsproxy", member), 8, optional)
-        out[f"O_{macro}_NS_INUM"] = Need((struct_name, "ns", "inum"), 4, optional)
-    return out
-
-
 class PrivSensor(Sensor):
     name = "privilege"
     source = "priv_sensor.c"
     needs = {
-        "O_CRED_SUID": Need(("cred", "suid"), 4), "O_CRED_FSUID": Need(("cred", "fsuid"), 4),
-        "O_CRED_SGID": Need(("cred", "sgid"), 4), "O_CRED_FSGID": Need(("cred", "fsgid"), 4),
-        "O_CRED_CAP_INHERITABLE": Need(("cred", "cap_inheritable"), 8),
-        "O_CRED_CAP_PERMITTED": Need(("cred", "cap_permitted"), 8),
-        "O_CRED_CAP_EFFECTIVE": Need(("cred", "cap_effective"), 8),
         "O_CRED_GROUP_INFO": Need(("cred", "group_info"), 8),
         "O_GROUP_INFO_NGROUPS": Need(("group_info", "ngroups"), 4),
         "O_GROUP_INFO_GID": Need(("group_info", "gid")),
-        "O_CRED_USER_NS": Need(("cred", "user_ns"), 8),
-        "O_USER_NS_INUM": Need(("user_namespace", "ns", "inum"), 4),
-        **_ns_needs(),
     }
 
     def __init__(self, procs: ProcTable, resolver: Resolver, boot_ns: int = 0):
@@ -72,13 +55,16 @@ class PrivSensor(Sensor):
         hdr = _HDR(data, off)
         kind = hdr[0]
         body = off + _BODY
-        sc, ngroups, a0, a1, a2, old_raw, new_raw, *rest = PRIV_BODY.unpack_from(data, body)
+        sc, ngroups, pflags, _, a0, a1, a2, old_raw, new_raw, *rest = PRIV_BODY.unpack_from(data, body)
         ns_old, ns_new, groups = rest[:PRIV_NS], rest[PRIV_NS:2 * PRIV_NS], rest[2 * PRIV_NS:]
         syscall = R.SYSCALL_NAMES.get(sc, str(sc))
         ev = Event(kind, TYPE_INDEX[TYPES[kind]], syscall, hdr, bytes(data[off + R.SIG_START:off + R.SIG_END]))
         old, new = CRED_SNAP.unpack(old_raw), CRED_SNAP.unpack(new_raw)
-        ev.cred = CredInfo((old[0], old[1], old[4], old[5]), (new[0], new[1], new[4], new[5]), old[10], new[10])
         attrs = {"boot_ns": self.boot_ns}
+        if pflags & PRIV_OLD_UNKNOWN:
+            old, attrs["old_state"] = self._old_from_cache(hdr[7], new)
+            ns_old = ns_new  # nothing to compare with: no namespace is reported as changed
+        ev.cred = CredInfo((old[0], old[1], old[4], old[5]), (new[0], new[1], new[4], new[5]), old[10], new[10])
         args = (a0, a1, a2)
         if syscall in ARG_NAMES:  # what was asked (-1: leave unchanged); cred says what happened
             attrs["requested"] = " ".join(f"{name}={_s32(v)}" for name, v in zip(ARG_NAMES[syscall], args))
@@ -113,10 +99,22 @@ class PrivSensor(Sensor):
         elif kind == R.RK_CHROOT:
             fi = body + PRIV_BODY.size
             ev.file, _, _ = self.slots.slot(data, fi, fi + _FI_SIZE, hdr[7], True)
+            if pflags & PRIV_ROOT_UNKNOWN and self.procs.get(hdr[7], hdr).root_shared:
+                ev.file.flags &= ~R.PF_OUTSIDE_ROOT  # its old root was the namespace's, which the walk reached
             if ev.retval == 0:
                 self.procs.on_chroot(hdr[7], hdr, ev.file.path, ev.file.flags)
         ev.attrs = attrs
         return ev
+
+    def _old_from_cache(self, pid: int, new: tuple) -> tuple[tuple, str]:
+        """The state before a call the kernel had no snapshot for: the process cache's ids (what its last
+        record said), the rest as after the call; or, without an entry, the state after the call."""
+        info = self.procs.procs.get(pid)
+        if info is None:
+            return new, "unknown"
+        old = list(new)
+        old[0], old[1], old[4], old[5] = info.uid, info.euid, info.gid, info.egid
+        return tuple(old), "process_cache"
 
 
 def _s32(v: int) -> int:

@@ -28,7 +28,6 @@ class ProcessSensor(Sensor):
     name = "process"
     source = "process_sensor.c"
     needs = {
-        "O_CRED_CAP_EFFECTIVE": Need(("cred", "cap_effective"), 8),
         "O_SB_MAGIC": Need(("super_block", "s_magic"), 8),
         "O_OVL_INODE_VFS_INODE": Need(("ovl_inode", "vfs_inode")),
         "O_OVL_INODE_UPPERDENTRY": Need(("ovl_inode", "__upperdentry"), 8),

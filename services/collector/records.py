@@ -111,8 +111,13 @@ PID_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit: the ignore bitmap c
 IGNORE_WORDS = PID_LIMIT // 64
 
 
+# Threads whose credentials/namespaces snapshot the kernel keeps (fimstream.h thread_snaps, allocated as
+# threads appear: ~150 bytes each); beyond it a credential change is reported with its old state unknown.
+THREAD_SNAPS = 1 << 16
+
+
 def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, inflight_max: int = 16384,
-              wake_every: int = WAKE_EVERY) -> dict[str, int]:
+              wake_every: int = WAKE_EVERY, thread_snaps: int = THREAD_SNAPS) -> dict[str, int]:
     """Every constant the C side needs, as -D macros (offsets come from offsets.compute)."""
     page = 4096
     if ringbuf_bytes & (ringbuf_bytes - 1) or ringbuf_bytes < page:
@@ -126,7 +131,7 @@ def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, infligh
                EV_SZ=EV_SZ, EV_VAR_MASK=EV_VAR_MASK, PATH_SZ=PATH_SZ, PATH_MASK=PATH_MASK, PATH_END=PATH_END,
                STR_MAX=STR_MAX, STR_MASK=STR_MASK, NAME_MAX_=NAME_MAX, ARGS_MAX=ARGS_MAX, ARGS_MASK=ARGS_MASK,
                MAX_DEPTH=max_depth, RINGBUF_PAGES=ringbuf_bytes // page, INFLIGHT_MAX=inflight_max,
-               IGNORE_WORDS=IGNORE_WORDS, WAKE_EVERY=wake_every)
+               IGNORE_WORDS=IGNORE_WORDS, WAKE_EVERY=wake_every, THREAD_SNAPS=thread_snaps)
     return out
 
 

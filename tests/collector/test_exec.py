@@ -3,10 +3,12 @@ file-capability binaries, the executed file's mtime/ctime, the overlayfs upper-l
 drift), memfd and deleted files, and attrs["boot_ns"] for process.age. Real execs."""
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -16,7 +18,7 @@ from fimstream.collector.encoder import RawEncoder
 from fimstream.rules.fields import FIELDS
 from fimstream.schemas.codec import Codecs
 
-from .conftest import root_only
+from .conftest import root_only, syscall
 
 pytestmark = root_only
 
@@ -82,6 +84,27 @@ def test_setuid_and_setgid_binary_exec_carries_the_credential_change(capture, pu
     rec = encoded(capture, ev)
     assert FIELDS["exec.setuid"].read(rec) and FIELDS["exec.setgid"].read(rec)
     assert FIELDS["exec.caps_gained"].read(rec) == _cap_eff()
+
+
+def test_exec_from_a_thread_is_compared_with_that_threads_credentials(capture, public_dir):
+    """A non-leader thread's exec takes the leader's pid; the credentials before it are that thread's own
+    (here changed by a raw setresuid in that thread alone), not the leader's."""
+    exe = os.path.join(public_dir, "suid-true-t")
+    shutil.copy(TRUE, exe)
+    os.chown(exe, 0, 0)
+    os.chmod(exe, 0o4755)
+
+    def child():
+        def other():
+            assert syscall(117, ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(1000), ctypes.c_uint(0xFFFFFFFF)) == 0
+            os.execv(exe, [exe])
+        threading.Thread(target=other).start()
+        threading.Event().wait(10)  # the exec ends this thread
+
+    ev = the_exec(capture, capture(run_child(child), children=True))
+    c = ev.cred
+    assert ev.retval == 0 and c is not None, "no credential change seen: compared with the leader's"
+    assert (c.old_uid, c.old_euid, c.new_uid, c.new_euid) == (0, 1000, 0, 0)
 
 
 def test_file_capabilities_gained_across_exec(capture, public_dir):

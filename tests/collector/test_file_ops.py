@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from .conftest import b, only, root_only, syscall, under
+from .conftest import b, libc, only, root_only, syscall, under
 
 pytestmark = root_only
 
@@ -47,6 +47,24 @@ def test_first_write_per_open_only(capture, d):
     events = under(capture(act), "write", d)
     assert [(e.syscall, e.file.path) for e in events] == [("write", b(f)), ("pwrite64", b(f))]
     assert events[0].flags & os.O_APPEND and events[0].file.ino == os.stat(f).st_ino
+
+
+def test_the_first_write_is_one_that_wrote_and_carries_its_result(capture, d):
+    """Traced at sys_exit: a write that failed changed nothing and is not the open's first; the event's
+    retval is the byte count."""
+    f = d / "w"
+    f.write_bytes(b"")
+
+    def act():
+        fd = os.open(f, os.O_WRONLY)
+        buf = ctypes.create_string_buffer(b"abc")
+        assert libc.write(fd, ctypes.c_void_p(1), 3) == -1  # EFAULT: a bad buffer, nothing written
+        assert libc.write(fd, buf, 3) == 3
+        os.write(fd, b"more")
+        os.close(fd)
+
+    events = under(capture(act), "write", d)
+    assert [(e.syscall, e.retval) for e in events] == [("write", 3)]
 
 
 def test_writes_to_pipes_and_terminals_are_not_file_writes(capture):

@@ -5,14 +5,16 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import threading
 
-from fimstream.collector import records as R
+from fimstream.collector import records as R, threadsnap
 
 from .conftest import libc, root_only, syscall
 
 pytestmark = root_only
 
-SYS_capset, SYS_setns = 126, 308
+SYS_capset, SYS_setns, SYS_setresuid = 126, 308, 117
+KEEP = ctypes.c_uint(0xFFFFFFFF)  # -1 as a uid_t argument: leave unchanged
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWNET = 0x00020000, 0x04000000, 0x40000000
 CAP_NET_RAW = 13
 
@@ -179,6 +181,86 @@ def test_chroot_moves_the_process_root_in_the_cache(capture, tmp_path):
     # resolved inside the jail, through its absolute symlink, although the process had exited
     assert (unlink.file.path, unlink.file.flags) == (b"/data/v1/f", 0)
     assert failed.retval == -2 and failed.file.path == b"/no/such/dir"
+
+
+def test_each_thread_is_compared_with_its_own_credentials(capture):
+    """Credentials are per thread: a raw setresuid in one thread leaves the others' as they were, and each
+    thread's next change is compared with its own state (the kernel's per-thread snapshot)."""
+    def child():
+        def other():
+            assert syscall(SYS_setresuid, KEEP, ctypes.c_uint(1000), KEEP) == 0
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert syscall(SYS_setresuid, KEEP, ctypes.c_uint(2000), KEEP) == 0  # this thread's euid was still 0
+
+    events = events_of(capture, child, {"setuid"})
+    assert [(ids(e)[0][1], ids(e)[1][1]) for e in events] == [(0, 1000), (0, 2000)]
+    assert all("old_state" not in e.attrs for e in events)
+
+
+def _in_child_after(collector, before_change, change):
+    """fork a child that runs `change` once the parent has run before_change(child_pid); returns the pid."""
+    def act():
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.close(w)
+                os.read(r, 1)
+                change()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(r)
+        before_change(pid)
+        os.write(w, b"x")
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, "the child failed"
+        return pid
+    return act
+
+
+def test_threads_older_than_the_collector_are_seeded_from_proc(capture):
+    """A thread the kernel never saw fork has its state read from /proc at start: ids, capabilities and
+    namespaces compare with what the kernel reads after the call."""
+    table = capture.collector.program.bpf.get_table(b"thread_snaps")
+    counts = {}
+
+    def forget_then_seed(pid):
+        del table[table.Key(pid)]  # as if the child were older than the collector
+        counts.update(threadsnap.seed(capture.collector.program.bpf))
+
+    def change():
+        assert libc.unshare(CLONE_NEWUTS) == 0
+        os.setresuid(-1, 1000, -1)
+
+    events = capture(_in_child_after(capture.collector, forget_then_seed, change), children=True)
+    unshare, setresuid = [e for e in events if e.pid == capture.result and e.type_name in ("setuid", "unshare")]
+    assert counts["seeded"] >= 1
+    assert "old_state" not in setresuid.attrs and "old_state" not in unshare.attrs
+    assert ids(setresuid) == ((0, 0, 0, 0), (0, 1000, 0, 0))
+    assert (setresuid.cred.old_caps, setresuid.cred.new_caps) == (ALL_CAPS, 0)  # CapEff from /proc
+    assert unshare.attrs["namespaces"] == "uts"  # the other seven read from /proc equal the kernel's
+
+
+def test_a_thread_without_a_snapshot_is_reported_as_such(capture):
+    table = capture.collector.program.bpf.get_table(b"thread_snaps")
+
+    def forget(pid):
+        del table[table.Key(pid)]
+
+    def change():
+        os.setresuid(-1, 1000, -1)
+        os.setresuid(-1, 0, -1)
+
+    events = capture(_in_child_after(capture.collector, forget, change), children=True)
+    first, second = [e for e in events if e.pid == capture.result and e.type_name == "setuid"]
+    assert first.attrs["old_state"] == "process_cache"  # the ids the cache knew; no claim about the rest
+    assert ids(first)[1][1] == 1000
+    assert "old_state" not in second.attrs and ids(second) == ((0, 1000, 0, 0), (0, 0, 0, 0))  # taken after the call
 
 
 def test_counters_count_the_privilege_kinds(capture):
