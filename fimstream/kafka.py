@@ -15,7 +15,9 @@ from typing import Awaitable, Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from fimstream import telemetry
 from fimstream.config import Settings
@@ -124,6 +126,7 @@ class Sender:
         self._pending_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
+        self._topic_checks: dict[str, asyncio.Future] = {}
 
     @property
     def pending_bytes(self) -> int:
@@ -159,10 +162,55 @@ class Sender:
                     log.warning("send to %s failed (%s); retrying in %.1fs", topic, e, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+                    # The failure may have been an outage, and the broker that is back may have lost the
+                    # topic (Tansu with memory storage). The producer's cached metadata still names the old
+                    # leader, and Tansu acknowledges a produce to a topic it does not have (error 0, records
+                    # unreadable, even once the topic is created again): re-send only once fresh metadata
+                    # shows the topic (and partition).
+                    waited = False
+                    while not await self._topic_ready(topic, partition):
+                        (log.debug if waited else log.warning)(
+                            "topic %s%s is not in the broker's metadata; waiting before re-sending",
+                            topic, "" if partition is None else f"/{partition}")
+                        waited = True
+                        await asyncio.sleep(min(delay, 1.0))
+                        delay = min(delay * 2, 5.0)
         finally:
             self._pending_bytes -= size
             self._pending.discard(asyncio.current_task())
             self._room.set()
+
+    async def _topic_ready(self, topic: str, partition: int | None) -> bool:
+        """The broker has the topic (and the partition, if one is given) now, and the producer's metadata
+        is refreshed from it. One look-up per topic at a time, shared by all the messages waiting for it."""
+        check = self._topic_checks.get(topic)
+        if check is None or check.done():
+            check = self._topic_checks[topic] = asyncio.ensure_future(self._fresh_partitions(topic))
+        partitions = await asyncio.shield(check)
+        return bool(partitions) and (partition is None or partition in partitions)
+
+    async def _fresh_partitions(self, topic: str) -> set[int] | None:
+        """The topic's partitions as the broker has them now (None: no topic, or no broker). Asks without
+        auto-creation: Tansu would create the topic with its default partition count (4), and ensure_topics
+        would then leave it so (TOPIC_ALREADY_EXISTS)."""
+        client = self.producer.client
+        node = client.get_random_node()
+        if node is None:
+            return None
+        try:
+            response = await asyncio.wait_for(
+                client.send(node, MetadataRequest([topic], allow_auto_topic_creation=False)), 30)
+        except (KafkaError, asyncio.TimeoutError, OSError):
+            return None  # broker still unreachable
+        fresh = ClusterMetadata()
+        fresh.update_metadata(response)
+        partitions = fresh.partitions_for_topic(topic)
+        if partitions:
+            try:  # the producer routes by its own metadata: replace the copy from before the outage
+                await asyncio.wait_for(client.force_metadata_update(), 30)
+            except asyncio.TimeoutError:  # the refresh never ends once the producer is stopped
+                return None
+        return partitions
 
     async def drain(self) -> None:
         """Wait until everything sent so far is acknowledged."""
