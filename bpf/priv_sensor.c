@@ -112,81 +112,20 @@ static __always_inline int priv_exit(struct inflight in, long ret)
 }
 
 /* ------------------------------------------------------------------------------------------ ids */
-TP(syscalls, sys_exit_setuid)
-{
-    EXIT_ARGS(RK_SETUID, SC_SETUID, REGU(0), 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setreuid)
-{
-    EXIT_ARGS(RK_SETUID, SC_SETREUID, REGU(0), REGU(1), 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setresuid)
-{
-    EXIT_ARGS(RK_SETUID, SC_SETRESUID, REGU(0), REGU(1), REGU(2), 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setfsuid)
-{
-    EXIT_ARGS(RK_SETUID, SC_SETFSUID, REGU(0), 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setgid)
-{
-    EXIT_ARGS(RK_SETGID, SC_SETGID, REGU(0), 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setregid)
-{
-    EXIT_ARGS(RK_SETGID, SC_SETREGID, REGU(0), REGU(1), 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setresgid)
-{
-    EXIT_ARGS(RK_SETGID, SC_SETRESGID, REGU(0), REGU(1), REGU(2), 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setfsgid)
-{
-    EXIT_ARGS(RK_SETGID, SC_SETFSGID, REGU(0), 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setgroups)
-{
-    EXIT_ARGS(RK_SETGROUPS, SC_SETGROUPS, REGI(0), 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_capset)
-{
-    EXIT_ARGS(RK_CAPSET, SC_CAPSET, 0, 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
+/* the arguments as the kernel's parameters take them: uid_t/gid_t unsigned, setgroups' size and setns's
+ * fd and nstype int */
+TP(syscalls, sys_exit_setuid) { EXIT_ARGS(RK_SETUID, SC_SETUID, REGU(0), 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setreuid) { EXIT_ARGS(RK_SETUID, SC_SETREUID, REGU(0), REGU(1), 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setresuid) { EXIT_ARGS(RK_SETUID, SC_SETRESUID, REGU(0), REGU(1), REGU(2), 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setfsuid) { EXIT_ARGS(RK_SETUID, SC_SETFSUID, REGU(0), 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setgid) { EXIT_ARGS(RK_SETGID, SC_SETGID, REGU(0), 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setregid) { EXIT_ARGS(RK_SETGID, SC_SETREGID, REGU(0), REGU(1), 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setresgid) { EXIT_ARGS(RK_SETGID, SC_SETRESGID, REGU(0), REGU(1), REGU(2), 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setfsgid) { EXIT_ARGS(RK_SETGID, SC_SETFSGID, REGU(0), 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setgroups) { EXIT_ARGS(RK_SETGROUPS, SC_SETGROUPS, REGI(0), 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_capset) { EXIT_ARGS(RK_CAPSET, SC_CAPSET, 0, 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
 
 /* ----------------------------------------------------------------------------- namespaces, root */
-TP(syscalls, sys_exit_unshare)
-{
-    EXIT_ARGS(RK_UNSHARE, SC_UNSHARE, REG(0), 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_setns)
-{
-    EXIT_ARGS(RK_SETNS, SC_SETNS, REGI(0), REGI(1), 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
-
-TP(syscalls, sys_exit_chroot)
-{
-    EXIT_ARGS(RK_CHROOT, SC_CHROOT, REG(0), 0, 0, 0, 0, 0);
-    return priv_exit(in, args->ret);
-}
+TP(syscalls, sys_exit_unshare) { EXIT_ARGS(RK_UNSHARE, SC_UNSHARE, REG(0), 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_setns) { EXIT_ARGS(RK_SETNS, SC_SETNS, REGI(0), REGI(1), 0, 0, 0, 0); return priv_exit(in, args->ret); }
+TP(syscalls, sys_exit_chroot) { EXIT_ARGS(RK_CHROOT, SC_CHROOT, REG(0), 0, 0, 0, 0, 0); return priv_exit(in, args->ret); }
