@@ -449,12 +449,11 @@ static __always_inline char *syscall_regs(void)
     return (char *)task_pt_regs_(bpf_get_current_task_btf());
 }
 #define SYSARG(regs, n) KLOAD(u64, (regs) + O_SYSARG##n)
-/* The syscall number (orig_ax, syscallno: its low 32 bits on either architecture) */
-#define SYSNR(regs) KLOAD(u32, (regs) + O_SYSNR)
 
 /* A sys_exit hook's own arguments, read from the saved registers into `struct inflight in` once the
- * pipeline's own pids are dropped. In the argument expressions REG(n) is argument n as a long or a pointer, REGI(n) as an int, REGU(n) as an unsigned int and REGMODE(n) as a
- * umode_t, as the kernel casts its parameters (the upper half of a register holding an int is not the
+ * pipeline's own pids are dropped. In the argument expressions REG(n) is argument n as a long or a
+ * pointer, REGI(n) as an int, REGU(n) as an unsigned int and REGMODE(n) as a umode_t, as the kernel
+ * casts its parameters (the upper half of a register holding an int is not the
  * caller's). One tracepoint per syscall instead of two; the user memory the arguments point to was read at
  * sys_exit either way. */
 #define EXIT_ARGS(kind, sc_, x0, x1, x2, x3, x4, x5) \

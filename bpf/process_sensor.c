@@ -104,13 +104,13 @@ TP(sched, sched_process_exec)
         b->old_egid = old.egid;
         b->old_caps = old.cap_eff;
     }
-    /* Which syscall. The saved syscall number tells an exec from a user process (execve or execveat) from
-     * one the kernel started (neither), but not which of the two: here it reads __NR_execve at this point
-     * even for an execveat (measured on 6.18). The kernel's copy of the name does: it builds "/dev/fd/N"
-     * or "/dev/fd/N/name" for an execveat relative to a dirfd. An execveat(AT_FDCWD, path) reads as the
-     * execve it is equivalent to. */
-    u32 nr = SYSNR(syscall_regs());
-    if (nr == NR_EXECVE || nr == NR_EXECVEAT) {
+    /* Which syscall. Not from the saved syscall number: the ELF loader sets it to __NR_execve on x86_64
+     * ("pretend that this comes from a 64bit execve", set_personality_64bit), for an execveat too and for
+     * an exec the kernel started. The kernel's copy of the name tells execveat relative to a dirfd (fexecve,
+     * a memfd): "/dev/fd/N[/name]"; an execveat(AT_FDCWD, path) reads as the execve it is equivalent to.
+     * An exec the kernel started (usermode helpers: modprobe, core dump pipes; init) runs in a task whose
+     * parent is a kernel thread (kthreadd, the idle task). */
+    if (!is_kthread(TASK64(s, O_TASK_REAL_PARENT))) {
         u64 head = 0;
         bpf_probe_read_kernel(&head, sizeof(head), (char *)args + (args->data_loc_filename & 0xFFFF));
         b->sc = head == DEV_FD_PREFIX ? SC_EXECVEAT : SC_EXECVE;

@@ -126,28 +126,21 @@ class OffsetError(RuntimeError):
 # sys_exit hook reads them there (SYSARG in fimstream.h) instead of a sys_enter hook stashing them.
 # aarch64 (not run here): x0 is overwritten by the return value, orig_x0 keeps the first argument.
 SYSCALL_ARG_REGS = {"x86_64": ("di", "si", "dx", "r10", "r8", "r9")}
-# The register the syscall number is saved in, and the numbers of the calls a program names by number
-# (an exec is recorded at sched_process_exec, where the syscall is known only from the registers).
-SYSCALL_NR = {"x86_64": ("orig_ax", {"NR_EXECVE": 59, "NR_EXECVEAT": 322}),
-              "aarch64": ("syscallno", {"NR_EXECVE": 221, "NR_EXECVEAT": 281})}
 
 
 def syscall_args(btf: Btf, machine: str | None = None) -> dict[str, int]:
-    """O_SYSARG0..O_SYSARG5: offsets in struct pt_regs of the syscall arguments on this machine; O_SYSNR:
-    of the syscall number, with NR_* for the calls named by number."""
+    """O_SYSARG0..O_SYSARG5: offsets in struct pt_regs of the syscall arguments on this machine."""
     import os
 
     machine = machine or os.uname().machine
-    if machine not in SYSCALL_NR:
-        raise OffsetError(f"syscall registers are not known for {machine}")
-    nr_reg, numbers = SYSCALL_NR[machine]
-    out = {"O_SYSNR": btf.offset("pt_regs", nr_reg).offset, **numbers}
     if machine == "aarch64":
         regs = btf.offset("pt_regs", "regs").offset  # u64 regs[31] (inside user_pt_regs)
-        return {**out, "O_SYSARG0": btf.offset("pt_regs", "orig_x0").offset,
+        return {"O_SYSARG0": btf.offset("pt_regs", "orig_x0").offset,
                 **{f"O_SYSARG{i}": regs + 8 * i for i in range(1, 6)}}
-    return {**out, **{f"O_SYSARG{i}": btf.offset("pt_regs", name).offset
-                      for i, name in enumerate(SYSCALL_ARG_REGS[machine])}}
+    names = SYSCALL_ARG_REGS.get(machine)
+    if names is None:
+        raise OffsetError(f"syscall argument registers are not known for {machine}")
+    return {f"O_SYSARG{i}": btf.offset("pt_regs", name).offset for i, name in enumerate(names)}
 
 
 def windows(offsets: dict[str, int]) -> dict[str, int]:

@@ -4,8 +4,11 @@ drift), memfd and deleted files, and attrs["boot_ns"] for process.age. Real exec
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -105,6 +108,39 @@ def test_exec_from_a_thread_is_compared_with_that_threads_credentials(capture, p
     c = ev.cred
     assert ev.retval == 0 and c is not None, "no credential change seen: compared with the leader's"
     assert (c.old_uid, c.old_euid, c.new_uid, c.new_euid) == (0, 1000, 0, 0)
+
+
+def test_an_exec_the_kernel_starts_is_named_kernel_execve(collector, tmp_path):
+    """The core dump pipe helper is started by the kernel (a usermode helper, child of kthreadd): its exec
+    is no execve(2), although the saved syscall number says __NR_execve after any ELF load on x86_64."""
+    helper = tmp_path.resolve() / "core-helper"
+    shutil.copy(TRUE, helper)
+    pattern = "/proc/sys/kernel/core_pattern"
+    with open(pattern) as f:
+        saved = f.read()
+    events: list = []
+    collector.drain()
+    collector.on_event = events.append
+    try:
+        with open(pattern, "w") as f:
+            f.write(f"|{helper}")
+
+        def crash():
+            faulthandler.disable()  # pytest's: no traceback dump from the crash
+            resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            os.kill(os.getpid(), signal.SIGSEGV)
+        run_child(crash)()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                e.type_name == "exec" and e.file.path == os.fsencode(helper) for e in events):
+            collector.drain()
+            time.sleep(0.05)
+    finally:
+        with open(pattern, "w") as f:
+            f.write(saved)
+        collector.on_event = lambda ev: None
+    execs = [e for e in events if e.type_name == "exec" and e.file.path == os.fsencode(helper)]
+    assert [e.syscall for e in execs] == ["kernel_execve"]
 
 
 def test_file_capabilities_gained_across_exec(capture, public_dir):
