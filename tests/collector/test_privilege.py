@@ -26,17 +26,26 @@ def _cap_eff() -> int:
 ALL_CAPS = _cap_eff()  # root's effective set here (the machine's bounding set may hold back a few)
 
 
-def in_child(fn):
-    """Run fn() in a forked child (so the test process keeps its credentials); returns the child's pid."""
+def in_child(fn, before=None):
+    """Run fn() in a forked child (so the test process keeps its credentials); returns the child's pid.
+    With before: the child waits until the parent has run before(child_pid)."""
     def act():
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                os.close(w)
+                os.read(r, 1)
                 fn()
             except BaseException:
                 code = 1
             os._exit(code)
+        os.close(r)
+        if before is not None:
+            before(pid)
+        os.write(w, b"x")
+        os.close(w)
         _, status = os.waitpid(pid, 0)
         assert status == 0, "the child failed"
         return pid
@@ -199,30 +208,6 @@ def test_each_thread_is_compared_with_its_own_credentials(capture):
     assert all("old_state" not in e.attrs for e in events)
 
 
-def _in_child_after(collector, before_change, change):
-    """fork a child that runs `change` once the parent has run before_change(child_pid); returns the pid."""
-    def act():
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                os.close(w)
-                os.read(r, 1)
-                change()
-            except BaseException:
-                code = 1
-            os._exit(code)
-        os.close(r)
-        before_change(pid)
-        os.write(w, b"x")
-        os.close(w)
-        _, status = os.waitpid(pid, 0)
-        assert status == 0, "the child failed"
-        return pid
-    return act
-
-
 def test_threads_older_than_the_collector_are_seeded_from_proc(capture):
     """A thread the kernel never saw fork has its state read from /proc at start: ids, capabilities and
     namespaces compare with what the kernel reads after the call."""
@@ -237,7 +222,7 @@ def test_threads_older_than_the_collector_are_seeded_from_proc(capture):
         assert libc.unshare(CLONE_NEWUTS) == 0
         os.setresuid(-1, 1000, -1)
 
-    events = capture(_in_child_after(capture.collector, forget_then_seed, change), children=True)
+    events = capture(in_child(change, before=forget_then_seed), children=True)
     unshare, setresuid = [e for e in events if e.pid == capture.result and e.type_name in ("setuid", "unshare")]
     assert counts["seeded"] >= 1
     assert "old_state" not in setresuid.attrs and "old_state" not in unshare.attrs
@@ -256,7 +241,7 @@ def test_a_thread_without_a_snapshot_is_reported_as_such(capture):
         os.setresuid(-1, 1000, -1)
         os.setresuid(-1, 0, -1)
 
-    events = capture(_in_child_after(capture.collector, forget, change), children=True)
+    events = capture(in_child(change, before=forget), children=True)
     first, second = [e for e in events if e.pid == capture.result and e.type_name == "setuid"]
     assert first.attrs["old_state"] == "process_cache"  # the ids the cache knew; no claim about the rest
     assert ids(first)[1][1] == 1000
