@@ -716,6 +716,7 @@ static __always_inline int dirty(struct fstate *f)
     u64 s = eq_bytes(w, BYTES('/')) & ~0xFFFFFFULL;  /* bytes 0..2: generation, kind, slot */
     u64 d = eq_bytes(w, BYTES('.')) & ~0xFFFFFFULL;
     u64 z = eq_bytes(w, 0) & ~0xFFFFFFULL;
+    u32 last = f->key_end / 8;                        /* the word with the NUL: past it every byte is 0 */
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < LPM_DATA / 8; i++) {
         u64 nw = *(u64 *)&f->k.data[(8 * i + 8) & 0x1ff];
@@ -728,6 +729,8 @@ static __always_inline int dirty(struct fstate *f)
             *(volatile u64 *)&f->lw = i;              /* the loop keep the verifier from pruning */
             *(volatile u64 *)&f->ls = s;
         }
+        if (i >= last)
+            break;
         s = ns;
         d = nd;
         z = nz;

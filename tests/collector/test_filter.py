@@ -236,6 +236,22 @@ def test_path_strings_through_symlinks_or_dots_reach_userspace(filtering, captur
     assert got == [(b(d / f"watched/f{i}"), i < 5) for i in range(6)]
 
 
+def test_a_dot_dot_in_the_last_word_of_a_path_string_is_seen(filtering, capture, d):
+    """The kernel's scan for "."/".." stops at the word holding the NUL: a ".." in that word, at every
+    offset within it, must still send the string to userspace, which resolves it onto the watched file."""
+    (d / "watched").mkdir()
+    for k in range(8):
+        (d / "watched" / f"s{'x' * k}").mkdir()
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path == "{d}/watched"\n')
+
+    def act():
+        for k in range(8):
+            unlink_str(f"{d}/watched/s{'x' * k}/..")  # lexically a child of watched/, truly watched itself
+
+    events = under(capture(act), "unlink", d)
+    assert [(e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in events] == [(b(d / "watched"), True)] * 8
+
+
 def test_path_strings_judged_lexically_are_filtered_in_the_kernel(filtering, capture, d):
     (d / "watched").mkdir()
     (d / "other").mkdir()
