@@ -123,9 +123,7 @@ TAIL(hazard)
         if (key_string(s, f, kind, SLOT_FILE, in.a[0], in.a[1], task, 0) >= 0) {
             hazard_add(f, task);
         } else {
-            u32 i = PS_HAZARDS_FULL;                  /* a symlink we cannot place: trust no path string */
-            u64 one = 1;
-            pstate.update(&i, &one);
+            hazards_full();                           /* a symlink we cannot place: trust no path string */
         }
     } else if (kind == RK_MOUNT) {                    /* a new mount point: what lies below changed */
         if (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)

@@ -5,7 +5,8 @@ at events the kernel passed without an approver's word.
 Map layout (bpf/filter.h has the C side):
 
     pstate        u64[8]: 0 generation in force, 1 policy epoch, 2 kernel epoch (renames, rmdir, mounts),
-                  3 "a symlink could not be recorded" (path strings then all go to userspace), 4 policy loaded
+                  3 "a symlink could not be recorded" (path strings then all go to userspace), 4 policy loaded,
+                  5 hazard epoch (bumped by the kernel after each hazard it records)
     fpolicy       [generation * NKINDS + kind] -> mode (pass/drop/filter), which lookups can hit, type-wide
                   flags and mode approvers, union of the entries' flag masks
     pol_inodes    (ino, kernel dev, generation, kind, slot) -> flags mask
@@ -17,6 +18,8 @@ Map layout (bpf/filter.h has the C side):
     discarders    LRU (parent dentry, vfsmount, root dentry, root vfsmount) -> epoch, what the entry was
                   learned from (inode, parent, name), per-kind bits (userspace / kernel restricted / all)
     dcand         LRU (ktime, tid) of an emitted fd-based record -> its directory's discarder key
+    lex_discarders  LRU (mount ns, kind, slot, directory bytes) -> epoch (policy << 40 + hazard), any flags:
+                  a directory no path string's child can be approved under, learned by the kernel
     hazards       LPM [mount ns] + path + "/" of known symlinks (and new mount points); hazard_dirs their
                   ancestors + NUL; lexical_ns: namespaces whose symlinks were scanned
     written       LRU struct file * -> policy epoch + 1: the file's first write was judged
@@ -48,7 +51,7 @@ ANY = 1 << 63
 MODE = {"pass": 0, "drop": 1, "filter": 2}
 HAS_INODE_F, HAS_INODE_T, HAS_NAME_F, HAS_NAME_T, HAS_PATH_F, HAS_PATH_T, HAS_EXE, HAS_LEARN = (1 << i for i in range(8))
 SLOTS = {"file": 0, "target": 1}
-PS_GEN, PS_PEPOCH, PS_KEPOCH, PS_HAZARDS_FULL, PS_ON = range(5)
+PS_GEN, PS_PEPOCH, PS_KEPOCH, PS_HAZARDS_FULL, PS_ON, PS_HEPOCH = range(6)
 LPM_DATA = 256
 HF_UNSURE, HF_APPROVED = 1, 2
 H_HFLAGS, H_KTIME, H_TID = 1, 3, 8
@@ -62,7 +65,8 @@ SKIP_FS = {"cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "bpf", "conf
            "efivarfs", "binfmt_misc", "autofs", "nsfs", "hugetlbfs", "mqueue", "devpts", "rpc_pipefs"}
 
 LIMITS = {"POL_INODES_MAX": 4096, "POL_PATHS_MAX": 16384, "POL_NAMES_MAX": 4096, "HAZARDS_MAX": 65536,
-          "DISCARDERS_MAX": 65536, "CANDIDATES_MAX": 16384, "WRITTEN_MAX": 65536}
+          "DISCARDERS_MAX": 65536, "CANDIDATES_MAX": 16384, "WRITTEN_MAX": 65536,
+          "LEX_DISCARDERS_MAX": 8192}
 
 
 def policy_limits() -> dict[str, int]:
@@ -214,8 +218,7 @@ class KernelFilter:
             self._write(new, compiled)
             self._ps(PS_ON, int(compiled is not None))
             self._ps(PS_GEN, new)  # flip, then invalidate what was learned before
-            self.pepoch += 1
-            self._ps(PS_PEPOCH, self.pepoch)
+            self._bump_pepoch()
             self.gen = new
             self.last_flip = time.monotonic()
             self.compiled = compiled
@@ -226,6 +229,11 @@ class KernelFilter:
                     modes[TYPE_INDEX[name]] = MODE[tp.mode]
             self.modes = modes
             self._discard_cache.clear()
+
+    def _bump_pepoch(self) -> None:
+        """Make stale whatever the kernel learned: discarders, lexical discarders, first-write marks."""
+        self.pepoch += 1
+        self._ps(PS_PEPOCH, self.pepoch)
 
     def _ps(self, i: int, v: int) -> None:
         self.pstate[ct.c_int(i)] = ct.c_uint64(v)
@@ -331,6 +339,8 @@ class KernelFilter:
         v = self.lexical_ns.Leaf()
         v.ino, v.dev = st.st_ino, kernel_dev(st.st_dev)
         self.lexical_ns[ct.c_uint32(ns)] = v
+        with self._lock:  # lexical discarders learned before these hazards were known are stale
+            self._bump_pepoch()
         self.stats["hazard_scan_s"] = round(time.monotonic() - t0, 1)
         log.info("%d symlinks recorded for mount namespace %d in %.1f s: its path strings are judged lexically",
                  count, ns, time.monotonic() - t0)

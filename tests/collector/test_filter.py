@@ -267,8 +267,55 @@ def test_path_strings_judged_lexically_are_filtered_in_the_kernel(filtering, cap
             unlink_str(d / "other" / f"missing{i}")
 
     assert under(capture(act), "unlink", d) == []
-    delta = filtering.delta(filtering.counters(), before)
-    assert delta["unlink"]["filtered"] >= 20 and delta["unlink"]["emitted"] <= delta["unlink"]["seen"] - 20
+    delta = filtering.delta(filtering.counters(), before)["unlink"]
+    assert delta["filtered"] + delta["discarded"] >= 20 and delta["emitted"] <= delta["seen"] - 20
+    # the first string judged teaches the kernel its directory: the others are dropped by that discarder
+    assert delta["discarded"] >= 19
+
+
+def test_a_lexical_discarder_is_stale_once_a_symlink_appears_in_its_directory(filtering, capture, d):
+    (d / "watched").mkdir()
+    (d / "other").mkdir()
+    (d / "watched" / "f").write_bytes(b"")
+    (d / "other" / "x").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: chmod.file.path == "{d}/watched/f"\n')
+
+    def act():
+        for _ in range(3):
+            os.chmod(d / "other" / "x", 0o600)  # filtered, then discarded: other/ learned
+        os.symlink(d / "watched" / "f", d / "other" / "lnk")  # the kernel records it: hazard epoch + 1
+        os.chmod(d / "other" / "lnk", 0o640)  # follows the link: a chmod of watched/f
+
+    events = under(capture(act), "chmod", d)
+    assert [(e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in events] == [(b(d / "watched/f"), True)]
+
+
+def test_no_lexical_discarder_for_a_directory_holding_a_symlink(filtering, capture, d):
+    (d / "watched").mkdir()
+    (d / "other").mkdir()
+    (d / "watched" / "f").write_bytes(b"")
+    (d / "other" / "x").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: chmod.file.path == "{d}/watched/f"\n')
+    os.symlink(d / "watched" / "f", d / "other" / "lnk")  # recorded by the kernel before the act
+
+    def act():
+        for _ in range(3):
+            os.chmod(d / "other" / "x", 0o600)  # filtered each time: other/ holds a hazard
+        os.chmod(d / "other" / "lnk", 0o640)
+
+    before = filtering.counters()
+    events = under(capture(act), "chmod", d)
+    assert [e.file.path for e in events] == [b(d / "watched/f")]
+    assert filtering.delta(filtering.counters(), before)["chmod"]["filtered"] >= 3
+
+
+def test_a_lexical_discarder_is_stale_after_a_policy_change(filtering, capture, d):
+    (d / "other").mkdir()
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path =~ "{d}/watched/**"\n')
+    capture(lambda: [unlink_str(d / "other" / f"m{i}") for i in range(3)])  # other/ learned
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path =~ "{d}/other/**"\n')
+    events = under(capture(lambda: unlink_str(d / "other" / "m3")), "unlink", d)
+    assert [e.file.path for e in events] == [b(d / "other/m3")]
 
 
 # ----------------------------------------------------------------------------------------- writes
