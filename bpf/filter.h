@@ -86,7 +86,9 @@ struct fpol {                     /* one event type (record kind) of one generat
     u64 nlen[8];                  /* lengths of the name approvers, a 256-bit set per slot: a name of */
                                   /* another length skips the name lookup (a string read and a trie walk) */
     u64 ibloom[16];               /* the inode approvers' (dev, ino), 1024 bits (inode_bit): a file whose */
-};                                /* bit is clear skips the hash lookup (~40 ns here) */
+                                  /* bit is clear skips the hash lookup (~40 ns here) */
+    u64 nfirst[8];                /* first bytes of the name approvers, a 256-bit set per slot (with nlen, */
+};                                /* most names skip the trie lookup: "stdio.h" has the length of "id_rsa") */
 
 struct lpm_key {
     u32 prefixlen;
@@ -139,7 +141,7 @@ struct cand {
     struct dval dv;
 };
 
-#define LEX_DIR (LPM_DATA - 8)
+#define LEX_DIR 120               /* longer directories get no lexical discarder: the key is hashed whole */
 struct lexkey {                   /* a lexical discarder: a directory, as a path string names it */
     u32 ns;                       /* mount namespace */
     u8 kind, slot;
@@ -401,12 +403,17 @@ static __always_inline int name_len_ok(struct fpol *p, u32 slot, u32 len)
     return bit_set(p->nlen, 7, slot * 256 + len);
 }
 
+static __always_inline int name_first_ok(struct fpol *p, u32 slot, u8 c)
+{
+    return bit_set(p->nfirst, 7, slot * 256 + c);
+}
+
 /* A name approver on a kernel name (d_name): 1 approved, 0 not. */
-static __always_inline int kname_ok(struct fstate *f, u32 kind, u32 slot, u64 name, u64 flags)
+static __always_inline int kname_ok(struct fstate *f, struct fpol *p, u32 kind, u32 slot, u64 name, u64 flags)
 {
     key_head(&f->h, f, kind, slot);
     long n = bpf_probe_read_kernel_str(&f->h.data[3], LPM_DATA - 3, (void *)name);
-    if (n <= 0)
+    if (n <= 0 || !name_first_ok(p, slot, f->h.data[3]))
         return 0;
     f->h.prefixlen = (3 + (n & 255)) * 8;             /* with its NUL: exact entries only */
     u64 *m = pol_names.lookup((struct lpm_key *)&f->h);
@@ -589,7 +596,7 @@ static __always_inline int fd_lookups(struct fstate *f, struct fpol *p, u32 kind
     if ((p->has & HAS_NAME_F) && name_len_ok(p, SLOT_FILE, f->name_len)) {
         if (!known)
             return V_CONTINUE;
-        if (kname_ok(f, kind, SLOT_FILE, f->name, flags))
+        if (kname_ok(f, p, kind, SLOT_FILE, f->name, flags))
             return V_APPROVED;
     }
     if (p->has & HAS_EXE)
@@ -662,51 +669,56 @@ static __always_inline int key_string_(struct scratch *s, struct fstate *f, u32 
 {
     __builtin_memset(&f->k, 0, sizeof(f->k));        /* dirty() reads whole words past the NUL */
     key_head(&f->k, f, kind, slot);
-    char c0 = 0;
-    if (!uptr || bpf_probe_read_user(&c0, 1, (void *)uptr) || !c0)
+    if (!uptr)
         return -1;
-    u32 start = 3;
+    long r = bpf_probe_read_user_str(&f->k.data[3], LPM_DATA - 3, (void *)uptr);
+    if (r <= 1 || r >= LPM_DATA - 3)
+        return -1;                                    /* empty, unreadable, or too long to judge here */
+    if (f->k.data[3] == '/' || raw) {                 /* absolute (or compared as written): done */
+        f->key_end = 3 + r - 1;
+        f->k.prefixlen = (3 + r) * 8;
+        return 3;
+    }
+    u32 start = 3;                                    /* relative: the true base, "/", the string again */
     int join = 3;
-    if (c0 != '/' && !raw) {
-        u64 dentry, vfsmnt;
-        fs_read(f, task);
-        if ((int)dfd == AT_FDCWD_) {
-            dentry = f->pwd_dentry;
-            vfsmnt = f->pwd_mnt;
-        } else {
-            u64 file = fd_file_of(task, (int)dfd);
-            if (!file)
-                return -1;
-            WIN_BUF(w, W_FILE);
-            READ_WIN(w, W_FILE, file);
-            dentry = WIN64(w, W_FILE, O_FILE_PATH_DENTRY);
-            vfsmnt = WIN64(w, W_FILE, O_FILE_PATH_MNT);
-        }
-        if (walk_to(s, dentry, vfsmnt, f->root_mnt, f->root_dentry))
-            return -1;                                /* truncated, too deep, outside the root */
-        u32 pos = s->pos;
-        if (pos > PATH_END)
+    u64 dentry, vfsmnt;
+    fs_read(f, task);
+    if ((int)dfd == AT_FDCWD_) {
+        dentry = f->pwd_dentry;
+        vfsmnt = f->pwd_mnt;
+    } else {
+        u64 file = fd_file_of(task, (int)dfd);
+        if (!file)
             return -1;
-        u32 n = PATH_END - pos;
-        if (n > LPM_DATA - 8)
-            return -1;
-        opaque(n);
-        n &= 255;
-        bpf_probe_read_kernel(&f->k.data[3], n, &s->path[pos & PATH_MASK]);
-        if (n == 1) {                                 /* the root: "/" + string */
-            start = 4;
-            join = 3;
-        } else {
-            f->k.data[(3 + n) & 255] = '/';
-            join = 3 + n;
-            start = 4 + n;
-        }
+        WIN_BUF(w, W_FILE);
+        READ_WIN(w, W_FILE, file);
+        dentry = WIN64(w, W_FILE, O_FILE_PATH_DENTRY);
+        vfsmnt = WIN64(w, W_FILE, O_FILE_PATH_MNT);
+    }
+    if (walk_to(s, dentry, vfsmnt, f->root_mnt, f->root_dentry))
+        return -1;                                    /* truncated, too deep, outside the root */
+    u32 pos = s->pos;
+    if (pos > PATH_END)
+        return -1;
+    u32 n = PATH_END - pos;
+    if (n > LPM_DATA - 8)
+        return -1;
+    opaque(n);
+    n &= 255;
+    bpf_probe_read_kernel(&f->k.data[3], n, &s->path[pos & PATH_MASK]);
+    if (n == 1) {                                     /* the root: "/" + string */
+        start = 4;
+        join = 3;
+    } else {
+        f->k.data[(3 + n) & 255] = '/';
+        join = 3 + n;
+        start = 4 + n;
     }
     if (start > LPM_DATA - 2)
         return -1;
     u32 room = LPM_DATA - start;
     opaque(room);
-    long r = bpf_probe_read_user_str(&f->k.data[start & 255], room & 255, (void *)uptr);
+    r = bpf_probe_read_user_str(&f->k.data[start & 255], room & 255, (void *)uptr);
     if (r <= 1 || r >= room)
         return -1;                                    /* empty, or too long to judge here */
     f->key_end = start + r - 1;
@@ -786,7 +798,7 @@ static __always_inline int sname_ok(struct fstate *f, struct fpol *p, u32 kind, 
     if (from >= end || end > LPM_DATA - 1)
         return 0;
     u32 n = end - from;
-    if (!name_len_ok(p, slot, n))
+    if (!name_len_ok(p, slot, n) || !name_first_ok(p, slot, f->k.data[from & 255]))
         return 0;
     opaque(n);
     n &= 255;
@@ -851,7 +863,7 @@ static __always_inline u32 lexkey_fill(struct fstate *f, u32 kind, u32 slot)
     f->lk.kind = kind;
     f->lk.slot = slot;
     opaque(n);
-    n &= 255;
+    n &= 127;                                         /* LEX_DIR < 128 */
     bpf_probe_read_kernel(f->lk.dir, n, &f->k.data[3]);
     return n;
 }

@@ -103,6 +103,7 @@ class Compiled:
         self.inodes: dict[tuple, int] = {}  # (ino, kernel dev, kind, slot) -> mask
         self.names: dict[tuple, int] = {}  # (kind, slot, key bytes) -> mask
         self.name_lens: dict[int, int] = {}  # kind -> the name approvers' lengths, 256 bits per slot
+        self.name_firsts: dict[int, int] = {}  # kind -> the name approvers' first bytes, 256 bits per slot
         self.inode_bits: dict[int, int] = {}  # kind -> the inode approvers' inode_bit()s (1024 bits)
         self.paths: dict[tuple, list] = {}  # (kind, slot, key bytes) -> [pmask, emask, amask]
         for name, tp in policy.types.items():
@@ -124,6 +125,7 @@ class Compiled:
                     key = name_b[:LPM_DATA - 4] + b"\0"
                     self.names[(kind, slot, key)] = _merge(self.names.get((kind, slot, key)), _mask(m))
                     self.name_lens[kind] = self.name_lens.get(kind, 0) | 1 << (256 * slot + len(key) - 1)
+                    self.name_firsts[kind] = self.name_firsts.get(kind, 0) | 1 << (256 * slot + key[0])
                     has |= HAS_NAME_F << slot
                     masked |= m
                 exact = tp.paths.get(slot_name, {})
@@ -261,6 +263,7 @@ class KernelFilter:
             mode, has, flags, mode_bits, masked = c.types.get(kind, (0, 0, 0, 0, 0)) if c else (0, 0, 0, 0, 0)
             v.mode, v.has, v.flags, v.mode_bits, v.masked = mode, has, flags, mode_bits, masked
             _words(v.nlen, c.name_lens.get(kind, 0) if c else 0)
+            _words(v.nfirst, c.name_firsts.get(kind, 0) if c else 0)
             _words(v.ibloom, c.inode_bits.get(kind, 0) if c else 0)
             self.fpolicy[ct.c_int(gen * R.NKINDS + kind)] = v
         if c is None:
