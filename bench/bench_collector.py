@@ -10,8 +10,10 @@
    kernel ("filtered": the files are in a directory no rule watches, so approvers/discarders drop them).
 2. Realistic workload: a shell loop of cc -O2 -c, git status and tar c + x (exec, fork, hundreds of
    header opens, object and archive writes, files created and removed), without and with the collector running the
-   default rule pack; the overhead on its wall time and the in-kernel filter ratio (events the kernel
-   dropped / events the hooks saw).
+   default rule pack; the overhead on its wall time (with the paired median's 95% interval: on a shared
+   host the rounds' noise can exceed the effect) and the in-kernel filter ratio (events the kernel dropped /
+   events the hooks saw). Then one more round counts the cost instead: program time (bpf_stats) plus the
+   build's syscalls times the slow-path cost a syscall tracepoint puts on every syscall, over its wall time.
 3. Zero-loss rate: the same loop paced at increasing rates for a few seconds each; the highest rate at
    which the kernel lost nothing (ring-buffer reserve failures) and userspace dropped nothing. First
    drained + encoded (no Kafka), then published to an embedded Tansu broker (unless --no-kafka), with the
@@ -261,6 +263,86 @@ def _q1(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 4]
 
 
+def _paired(baseline: list[float], other: list[float]) -> dict:
+    """Each round against its own baseline round: the median ratio and its 95% confidence interval (order
+    statistics, no assumption on the noise's shape): how far this host's noise lets the figure be trusted."""
+    ratios = sorted(y / x - 1 for x, y in zip(baseline, other))
+    n = len(ratios)
+    k = max(0, int(n / 2 - 0.98 * n ** 0.5))
+    return {"median_pct": round(statistics.median(ratios) * 100, 1),
+            "ci95_pct": [round(ratios[k] * 100, 1), round(ratios[n - 1 - k] * 100, 1)]}
+
+
+def syscall_tax_ns(rounds: int = 7, calls: int = 200_000) -> float:
+    """What a syscall the collector does not watch costs once any syscall tracepoint has a program (the
+    kernel's slow path for every task): getppid() with and without an empty program on sys_exit_setuid,
+    interleaved, paired median."""
+    from bcc import BPF
+
+    empty = BPF(text=b"int empty(void *ctx) { return 0; }")
+    getppid = os.getppid
+    diffs = []
+    for r in range(rounds):
+        t = {}
+        for on in ((False, True) if r % 2 else (True, False)):
+            if on:
+                empty.attach_tracepoint(tp=b"syscalls:sys_exit_setuid", fn_name=b"empty")
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                getppid()
+            t[on] = (time.perf_counter() - t0) / calls * 1e9
+            if on:
+                empty.detach_tracepoint(tp=b"syscalls:sys_exit_setuid")
+        diffs.append(t[True] - t[False])
+    empty.cleanup()
+    return max(0.0, statistics.median(diffs))
+
+
+async def account(h: Harness, argv: list[str]) -> dict:
+    """One more round with the collector, outside the timed comparison: what it costs the build, counted
+    instead of read off two noisy wall times. Its programs' time (kernel.bpf_stats_enabled, run_time_ns per
+    program), the build's syscalls (counted system-wide by a program on raw sys_enter) times the slow-path
+    cost of each (syscall_tax_ns), and the collector process's own CPU time (the other core, mostly)."""
+    from bcc import BPF
+
+    counter = BPF(text=b"BPF_ARRAY(n, u64, 1);\nRAW_TRACEPOINT_PROBE(sys_enter) { int z = 0; u64 *c = n.lookup(&z); "
+                       b"if (c) __sync_fetch_and_add(c, 1); return 0; }")
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    programs = h.collector.program.bpf.funcs
+
+    def prog_ns() -> dict[str, int]:
+        out = {}
+        for name, fn in programs.items():
+            for line in open(f"/proc/self/fdinfo/{fn.fd}"):
+                if line.startswith("run_time_ns:"):
+                    out[name.decode()] = int(line.split()[1])
+        return out
+
+    h.attach(True)
+    stats.write_text("1")
+    try:
+        p0, cpu0 = prog_ns(), cpu_seconds()
+        _, ns = await h.run_load(argv, kafka=False)
+        p1, cpu1 = prog_ns(), cpu_seconds()
+    finally:
+        stats.write_text("0")
+        h.attach(False)
+    syscalls = counter[b"n"][0].value
+    counter.cleanup()
+    tax = syscall_tax_ns()
+    wall_ms = ns / 1e6
+    program_ms = sum(p1[k] - p0.get(k, 0) for k in p1) / 1e6
+    slow_path_ms = syscalls * tax / 1e6
+    top = sorted(((p1[k] - p0.get(k, 0)) / 1e6, k) for k in p1)[-5:]
+    return {"build_ms": round(wall_ms), "program_ms": round(program_ms, 1),
+            "program_pct": round(program_ms / wall_ms * 100, 2),
+            "syscalls": syscalls, "slow_path_ns_per_syscall": round(tax, 1),
+            "slow_path_pct": round(slow_path_ms / wall_ms * 100, 2),
+            "kernel_pct": round((program_ms + slow_path_ms) / wall_ms * 100, 2),
+            "collector_cpu_ms": round((cpu1 - cpu0) * 1000), "collector_cpu_pct": round((cpu1 - cpu0) * 1e5 / wall_ms, 2),
+            "top_programs_ms": {k: round(v, 1) for v, k in reversed(top)}}
+
+
 async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset) -> dict | None:
     """A small build without and with the collector (default rules in the kernel): overhead on its wall
     time, and what the kernel dropped of what its hooks saw."""
@@ -271,10 +353,10 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset)
     delta = {"seen": 0, "filtered": 0, "discarded": 0, "emitted": 0, "approved": 0}
     file_delta = dict(delta)
     published = 0
-    for _ in range(rounds):
-        for mode in runs:
+    h.rules(ruleset)  # stays loaded: the baseline rounds detach the sensors (what the kernel learned stays, as in a long run)
+    for r in range(rounds):
+        for mode in (("baseline", "collector") if r % 2 == 0 else ("collector", "baseline")):
             h.attach(mode != "baseline")
-            h.rules(ruleset if mode != "baseline" else None)
             c0, f0, p0 = h.file_counters(), h.file_counters(FILE_KIND_NAMES), h.collector.events
             n, ns = await h.run_load(argv, kafka=False)
             runs[mode].append(ns / 1e9)
@@ -284,6 +366,8 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset)
                     delta[k] += c1[k] - c0[k]
                     file_delta[k] += f1[k] - f0[k]
                 published += h.collector.events - p0
+    h.attach(False)
+    accounting = await account(h, argv)
     h.rules(None)
     b, c = min(runs["baseline"]), min(runs["collector"])
     mb, mc = statistics.median(runs["baseline"]), statistics.median(runs["collector"])
@@ -295,6 +379,9 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset)
             "lower_quartile_overhead_pct": round((_q1(runs["collector"]) / _q1(runs["baseline"]) - 1) * 100, 1),
             "paired_median_overhead_pct": round(statistics.median(
                 y / x - 1 for x, y in zip(runs["baseline"], runs["collector"])) * 100, 1),
+            "paired": _paired(runs["baseline"], runs["collector"]),
+            # the same cost counted: program time + the syscall slow path, over the build's wall time
+            "accounted": accounting,
             "kernel": delta, "kernel_filter_ratio": ratio(delta),
             "file_hooks": file_delta, "file_kernel_filter_ratio": ratio(file_delta),
             # exec/fork/exit always reach userspace (the process cache needs them); what no rule needs is
@@ -377,10 +464,14 @@ async def main_async(args) -> dict:
                 results["realistic"] = r = await realistic(h, load, args.compiles, args.rounds, ruleset)
                 if r:
                     print(f"  {r['workload']}: {r['baseline_s']} s without, {r['collector_s']} s with the collector "
-                          f"(+{r['overhead_pct']}%); in-kernel filter ratio {r['kernel_filter_ratio']:.2%} "
+                          f"({r['overhead_pct']:+}%); in-kernel filter ratio {r['kernel_filter_ratio']:.2%} "
                           f"({r['kernel']['seen']} seen, {r['kernel']['emitted']} emitted; file hooks "
                           f"{r['file_kernel_filter_ratio']:.2%}); {r['published_events']} published "
                           f"({r['published_ratio']:.2%} of what the hooks saw)", file=sys.stderr)
+                    a = r["accounted"]
+                    print(f"  counted in one more round: programs {a['program_ms']} ms + syscall slow path "
+                          f"{a['syscalls']} x {a['slow_path_ns_per_syscall']} ns = {a['kernel_pct']}% of the build's "
+                          f"{a['build_ms']} ms; collector process CPU {a['collector_cpu_ms']} ms", file=sys.stderr)
             if "rates" in args.phases:
                 print("zero-loss rate, drained + encoded:", file=sys.stderr)
                 results["drain"] = await zero_loss(h, load, args.rates, args.seconds, kafka=False)
@@ -441,8 +532,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"(+{o['filtered_overhead_pct']}%; paired median +{o['paired_median_overhead_pct']['filtered']}%)")
         r = results.get("realistic")
         if r:
-            print(f"realistic workload ({r['workload']}): +{r['overhead_pct']}% wall time (fastest round; lower "
-                  f"quartile +{r['lower_quartile_overhead_pct']}%, paired median +{r['paired_median_overhead_pct']}%); in-kernel filter ratio "
+            a, pm = r["accounted"], r["paired"]
+            print(f"realistic workload ({r['workload']}): {r['overhead_pct']:+}% wall time (fastest round; lower "
+                  f"quartile {r['lower_quartile_overhead_pct']:+}%, paired median {pm['median_pct']:+}%, 95% CI "
+                  f"{pm['ci95_pct'][0]:+}% .. {pm['ci95_pct'][1]:+}%); counted: {a['kernel_pct']}% in the kernel "
+                  f"(programs {a['program_pct']}% + syscall slow path {a['slow_path_pct']}%), collector process "
+                  f"{a['collector_cpu_pct']}% of a core; in-kernel filter ratio "
                   f"{r['kernel_filter_ratio']:.2%} (file hooks {r['file_kernel_filter_ratio']:.2%}); published "
                   f"{r['published_ratio']:.2%} of the events seen")
         for name in ("drain", "kafka"):
