@@ -392,6 +392,9 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset)
 
 
 async def zero_loss(h: Harness, load: Load, rates: list[int], seconds: float, kafka: bool) -> dict:
+    """Every event emitted (sensors on, no rules): the paced loop's opens all reach userspace."""
+    h.attach(True)
+    h.rules(None)
     best = None
     tried = []
     for rate in rates:
@@ -422,6 +425,8 @@ async def zero_loss(h: Harness, load: Load, rates: list[int], seconds: float, ka
               f"lost {lost}, dropped {dropped}, cpu {row['collector_cpu_pct']}%, rss {row['rss_mib']} MiB, "
               f"{row['bytes_per_event']} B/event Avro"
               + (f", {row['lz4_bytes_per_event']} B/event lz4" if "lz4_bytes_per_event" in row else ""), file=sys.stderr)
+        if events < n:  # each op is an open: fewer events means the hooks were not seeing them
+            raise RuntimeError(f"{events} events for {n} opens: the sensors are not attached")
         if lost or dropped:
             break
         best = row
