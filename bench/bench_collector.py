@@ -425,8 +425,8 @@ async def zero_loss(h: Harness, load: Load, rates: list[int], seconds: float, ka
               f"lost {lost}, dropped {dropped}, cpu {row['collector_cpu_pct']}%, rss {row['rss_mib']} MiB, "
               f"{row['bytes_per_event']} B/event Avro"
               + (f", {row['lz4_bytes_per_event']} B/event lz4" if "lz4_bytes_per_event" in row else ""), file=sys.stderr)
-        if events < n:  # each op is an open: fewer events means the hooks were not seeing them
-            raise RuntimeError(f"{events} events for {n} opens: the sensors are not attached")
+        if events + lost < n:  # each op is an open: fewer means the hooks were not seeing them
+            raise RuntimeError(f"{events} events + {lost} lost for {n} opens: the sensors are not attached")
         if lost or dropped:
             break
         best = row
