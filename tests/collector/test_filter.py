@@ -273,12 +273,17 @@ def test_path_strings_judged_lexically_are_filtered_in_the_kernel(filtering, cap
     assert delta["discarded"] >= 19
 
 
-def test_a_lexical_discarder_is_stale_once_a_symlink_appears_in_its_directory(filtering, capture, d):
+def _chmod_of_watched_f(filtering, d) -> None:
+    """watched/f, the one file a chmod rule names, and other/x beside it that no rule names."""
     (d / "watched").mkdir()
     (d / "other").mkdir()
     (d / "watched" / "f").write_bytes(b"")
     (d / "other" / "x").write_bytes(b"")
     filtering.use(f'rules:\n  - id: w\n    expression: chmod.file.path == "{d}/watched/f"\n')
+
+
+def test_a_lexical_discarder_is_stale_once_a_symlink_appears_in_its_directory(filtering, capture, d):
+    _chmod_of_watched_f(filtering, d)
 
     def act():
         for _ in range(3):
@@ -291,11 +296,7 @@ def test_a_lexical_discarder_is_stale_once_a_symlink_appears_in_its_directory(fi
 
 
 def test_no_lexical_discarder_for_a_directory_holding_a_symlink(filtering, capture, d):
-    (d / "watched").mkdir()
-    (d / "other").mkdir()
-    (d / "watched" / "f").write_bytes(b"")
-    (d / "other" / "x").write_bytes(b"")
-    filtering.use(f'rules:\n  - id: w\n    expression: chmod.file.path == "{d}/watched/f"\n')
+    _chmod_of_watched_f(filtering, d)
     os.symlink(d / "watched" / "f", d / "other" / "lnk")  # recorded by the kernel before the act
 
     def act():
