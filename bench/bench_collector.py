@@ -13,7 +13,8 @@
    default rule pack; the overhead on its wall time (with the paired median's 95% interval: on a shared
    host the rounds' noise can exceed the effect) and the in-kernel filter ratio (events the kernel dropped /
    events the hooks saw). Then one more round counts the cost instead: program time (bpf_stats) plus the
-   build's syscalls times the slow-path cost a syscall tracepoint puts on every syscall, over its wall time.
+   build's syscalls times the slow-path cost a syscall tracepoint puts on every syscall, plus the programs'
+   runs times the cost of dispatching a traced syscall to a program, over the build's wall time.
 3. Zero-loss rate: the same loop paced at increasing rates for a few seconds each; the highest rate at
    which the kernel lost nothing (ring-buffer reserve failures) and userspace dropped nothing. First
    drained + encoded (no Kafka), then published to an embedded Tansu broker (unless --no-kafka), with the
@@ -273,36 +274,42 @@ def _paired(baseline: list[float], other: list[float]) -> dict:
             "ci95_pct": [round(ratios[k] * 100, 1), round(ratios[n - 1 - k] * 100, 1)]}
 
 
-def syscall_tax_ns(rounds: int = 7, calls: int = 200_000) -> float:
-    """What a syscall the collector does not watch costs once any syscall tracepoint has a program (the
-    kernel's slow path for every task): getppid() with and without an empty program on sys_exit_setuid,
-    interleaved, paired median."""
+def tracing_costs_ns(rounds: int = 7, calls: int = 200_000) -> tuple[float, float]:
+    """What syscall tracing costs beyond the programs' own run time, on getppid() (interleaved rounds, paired
+    medians): the slow path every syscall of every task takes once any syscall tracepoint has a program
+    (an empty program on sys_exit_setuid, which the loop never calls), and the dispatch to a program of a
+    syscall that is traced (an empty program on sys_exit_getppid itself, minus the former)."""
     from bcc import BPF
 
     empty = BPF(text=b"int empty(void *ctx) { return 0; }")
     getppid = os.getppid
-    diffs = []
+    modes = {"none": None, "unrelated": b"syscalls:sys_exit_setuid", "watched": b"syscalls:sys_exit_getppid"}
+    slow, dispatch = [], []
     for r in range(rounds):
         t = {}
-        for on in ((False, True) if r % 2 else (True, False)):
-            if on:
-                empty.attach_tracepoint(tp=b"syscalls:sys_exit_setuid", fn_name=b"empty")
+        order = list(modes)
+        for name in order[r % 3:] + order[:r % 3]:
+            tp = modes[name]
+            if tp:
+                empty.attach_tracepoint(tp=tp, fn_name=b"empty")
             t0 = time.perf_counter()
             for _ in range(calls):
                 getppid()
-            t[on] = (time.perf_counter() - t0) / calls * 1e9
-            if on:
-                empty.detach_tracepoint(tp=b"syscalls:sys_exit_setuid")
-        diffs.append(t[True] - t[False])
+            t[name] = (time.perf_counter() - t0) / calls * 1e9
+            if tp:
+                empty.detach_tracepoint(tp=tp)
+        slow.append(t["unrelated"] - t["none"])
+        dispatch.append(t["watched"] - t["unrelated"])
     empty.cleanup()
-    return max(0.0, statistics.median(diffs))
+    return max(0.0, statistics.median(slow)), max(0.0, statistics.median(dispatch))
 
 
 async def account(h: Harness, argv: list[str]) -> dict:
     """One more round with the collector, outside the timed comparison: what it costs the build, counted
     instead of read off two noisy wall times. Its programs' time (kernel.bpf_stats_enabled, run_time_ns per
     program), the build's syscalls (counted system-wide by a program on raw sys_enter) times the slow-path
-    cost of each (syscall_tax_ns), and the collector process's own CPU time (the other core, mostly)."""
+    cost of each, the programs' runs times the dispatch cost of each (tracing_costs_ns), and the collector
+    process's own CPU time (the other core, mostly)."""
     from bcc import BPF
 
     counter = BPF(text=b"BPF_ARRAY(n, u64, 1);\nRAW_TRACEPOINT_PROBE(sys_enter) { int z = 0; u64 *c = n.lookup(&z); "
@@ -310,12 +317,12 @@ async def account(h: Harness, argv: list[str]) -> dict:
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     programs = h.collector.program.bpf.funcs
 
-    def prog_ns() -> dict[str, int]:
+    def prog_ns() -> dict[str, tuple[int, int]]:
+        """Each program's (run_time_ns, run_cnt)."""
         out = {}
         for name, fn in programs.items():
-            for line in open(f"/proc/self/fdinfo/{fn.fd}"):
-                if line.startswith("run_time_ns:"):
-                    out[name.decode()] = int(line.split()[1])
+            info = dict(line.split(":", 1) for line in open(f"/proc/self/fdinfo/{fn.fd}") if ":" in line)
+            out[name.decode()] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
         return out
 
     h.attach(True)
@@ -329,16 +336,20 @@ async def account(h: Harness, argv: list[str]) -> dict:
         h.attach(False)
     syscalls = counter[b"n"][0].value
     counter.cleanup()
-    tax = syscall_tax_ns()
+    slow_ns, dispatch_ns = tracing_costs_ns()
     wall_ms = ns / 1e6
-    program_ms = sum(p1[k] - p0.get(k, 0) for k in p1) / 1e6
-    slow_path_ms = syscalls * tax / 1e6
-    top = sorted(((p1[k] - p0.get(k, 0)) / 1e6, k) for k in p1)[-5:]
+    program_ms = sum(p1[k][0] - p0.get(k, (0, 0))[0] for k in p1) / 1e6
+    runs = sum(p1[k][1] - p0.get(k, (0, 0))[1] for k in p1)
+    slow_path_ms = syscalls * slow_ns / 1e6
+    dispatch_ms = runs * dispatch_ns / 1e6
+    top = sorted(((p1[k][0] - p0.get(k, (0, 0))[0]) / 1e6, k) for k in p1)[-5:]
     return {"build_ms": round(wall_ms), "program_ms": round(program_ms, 1),
             "program_pct": round(program_ms / wall_ms * 100, 2),
-            "syscalls": syscalls, "slow_path_ns_per_syscall": round(tax, 1),
+            "syscalls": syscalls, "slow_path_ns_per_syscall": round(slow_ns, 1),
             "slow_path_pct": round(slow_path_ms / wall_ms * 100, 2),
-            "kernel_pct": round((program_ms + slow_path_ms) / wall_ms * 100, 2),
+            "program_runs": runs, "dispatch_ns_per_run": round(dispatch_ns, 1),
+            "dispatch_pct": round(dispatch_ms / wall_ms * 100, 2),
+            "kernel_pct": round((program_ms + slow_path_ms + dispatch_ms) / wall_ms * 100, 2),
             "collector_cpu_ms": round((cpu1 - cpu0) * 1000), "collector_cpu_pct": round((cpu1 - cpu0) * 1e5 / wall_ms, 2),
             "top_programs_ms": {k: round(v, 1) for v, k in reversed(top)}}
 
@@ -475,8 +486,9 @@ async def main_async(args) -> dict:
                           f"({r['published_ratio']:.2%} of what the hooks saw)", file=sys.stderr)
                     a = r["accounted"]
                     print(f"  counted in one more round: programs {a['program_ms']} ms + syscall slow path "
-                          f"{a['syscalls']} x {a['slow_path_ns_per_syscall']} ns = {a['kernel_pct']}% of the build's "
-                          f"{a['build_ms']} ms; collector process CPU {a['collector_cpu_ms']} ms", file=sys.stderr)
+                          f"{a['syscalls']} x {a['slow_path_ns_per_syscall']} ns + dispatch {a['program_runs']} x "
+                          f"{a['dispatch_ns_per_run']} ns = {a['kernel_pct']}% of the build's {a['build_ms']} ms; "
+                          f"collector process CPU {a['collector_cpu_ms']} ms", file=sys.stderr)
             if "rates" in args.phases:
                 print("zero-loss rate, drained + encoded:", file=sys.stderr)
                 results["drain"] = await zero_loss(h, load, args.rates, args.seconds, kafka=False)
@@ -541,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"realistic workload ({r['workload']}): {r['overhead_pct']:+}% wall time (fastest round; lower "
                   f"quartile {r['lower_quartile_overhead_pct']:+}%, paired median {pm['median_pct']:+}%, 95% CI "
                   f"{pm['ci95_pct'][0]:+}% .. {pm['ci95_pct'][1]:+}%); counted: {a['kernel_pct']}% in the kernel "
-                  f"(programs {a['program_pct']}% + syscall slow path {a['slow_path_pct']}%), collector process "
+                  f"(programs {a['program_pct']}% + syscall slow path {a['slow_path_pct']}% + dispatch "
+                  f"{a['dispatch_pct']}%), collector process "
                   f"{a['collector_cpu_pct']}% of a core; in-kernel filter ratio "
                   f"{r['kernel_filter_ratio']:.2%} (file hooks {r['file_kernel_filter_ratio']:.2%}); published "
                   f"{r['published_ratio']:.2%} of the events seen")
