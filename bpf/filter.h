@@ -811,10 +811,10 @@ static __always_inline int sname_ok(struct fstate *f, struct fpol *p, u32 kind, 
     return m && compat(*m, flags);
 }
 
-/* f->h = [mnt ns] + the lexical path in f->k + "/"; returns 0 when it does not fit. */
-static __always_inline int hazard_key(struct fstate *f, u8 term)
+/* f->h = [mnt ns] + f->k.data[3 .. end) (the lexical path, or its directory) + term; 0 when it does not fit. */
+static __always_inline int hazard_key_to(struct fstate *f, u32 end, u8 term)
 {
-    u32 n = f->key_end - 3;
+    u32 n = end - 3;
     if (n > LPM_DATA - 6)
         return 0;
     opaque(n);
@@ -824,6 +824,11 @@ static __always_inline int hazard_key(struct fstate *f, u8 term)
     f->h.data[(4 + n) & 255] = term;
     f->h.prefixlen = (5 + n) * 8;
     return 1;
+}
+
+static __always_inline int hazard_key(struct fstate *f, u8 term)
+{
+    return hazard_key_to(f, f->key_end, term);
 }
 
 /* "/proc/self/fd/N" (what glibc passes for fchmodat(AT_SYMLINK_NOFOLLOW) and the like when the kernel call
@@ -900,14 +905,7 @@ static __always_inline void lex_learn(struct fstate *f, struct fpol *p, u32 kind
             return;
         any = mask == 0;
     }
-    u32 n = m - 3;
-    opaque(n);
-    n &= 255;
-    *(u32 *)&f->h.data[0] = f->ns;
-    bpf_probe_read_kernel(&f->h.data[4], n, &f->k.data[3]);
-    f->h.data[(4 + n) & 255] = 0;
-    f->h.prefixlen = (5 + n) * 8;
-    if (hazard_dirs.lookup((struct lpm_key *)&f->h))
+    if (!hazard_key_to(f, m, 0) || hazard_dirs.lookup((struct lpm_key *)&f->h))
         return;
     if (!lexkey_fill(f, kind, slot))
         return;
