@@ -207,6 +207,15 @@ class Harness:
         return int(n), float(ns)
 
 
+def prog_stats(bpf) -> dict[str, tuple[int, int]]:
+    """Each loaded program's (run_cnt, run_time_ns) from its fdinfo (counted while kernel.bpf_stats_enabled)."""
+    out = {}
+    for name, fn in bpf.funcs.items():
+        info = dict(line.split(":\t") for line in open(f"/proc/self/fdinfo/{fn.fd}").read().splitlines() if ":\t" in line)
+        out[name.decode()] = (int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0)))
+    return out
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -315,22 +324,14 @@ async def account(h: Harness, argv: list[str]) -> dict:
     counter = BPF(text=b"BPF_ARRAY(n, u64, 1);\nRAW_TRACEPOINT_PROBE(sys_enter) { int z = 0; u64 *c = n.lookup(&z); "
                        b"if (c) __sync_fetch_and_add(c, 1); return 0; }")
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
-    programs = h.collector.program.bpf.funcs
-
-    def prog_ns() -> dict[str, tuple[int, int]]:
-        """Each program's (run_time_ns, run_cnt)."""
-        out = {}
-        for name, fn in programs.items():
-            info = dict(line.split(":", 1) for line in open(f"/proc/self/fdinfo/{fn.fd}") if ":" in line)
-            out[name.decode()] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
-        return out
+    bpf = h.collector.program.bpf
 
     h.attach(True)
     stats.write_text("1")
     try:
-        p0, cpu0 = prog_ns(), cpu_seconds()
+        p0, cpu0 = prog_stats(bpf), cpu_seconds()
         _, ns = await h.run_load(argv, kafka=False)
-        p1, cpu1 = prog_ns(), cpu_seconds()
+        p1, cpu1 = prog_stats(bpf), cpu_seconds()
     finally:
         stats.write_text("0")
         h.attach(False)
@@ -338,11 +339,11 @@ async def account(h: Harness, argv: list[str]) -> dict:
     counter.cleanup()
     slow_ns, dispatch_ns = tracing_costs_ns()
     wall_ms = ns / 1e6
-    program_ms = sum(p1[k][0] - p0.get(k, (0, 0))[0] for k in p1) / 1e6
-    runs = sum(p1[k][1] - p0.get(k, (0, 0))[1] for k in p1)
+    program_ms = sum(p1[k][1] - p0.get(k, (0, 0))[1] for k in p1) / 1e6
+    runs = sum(p1[k][0] - p0.get(k, (0, 0))[0] for k in p1)
     slow_path_ms = syscalls * slow_ns / 1e6
     dispatch_ms = runs * dispatch_ns / 1e6
-    top = sorted(((p1[k][0] - p0.get(k, (0, 0))[0]) / 1e6, k) for k in p1)[-5:]
+    top = sorted(((p1[k][1] - p0.get(k, (0, 0))[1]) / 1e6, k) for k in p1)[-5:]
     return {"build_ms": round(wall_ms), "program_ms": round(program_ms, 1),
             "program_pct": round(program_ms / wall_ms * 100, 2),
             "syscalls": syscalls, "slow_path_ns_per_syscall": round(slow_ns, 1),

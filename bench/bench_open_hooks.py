@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_collector import Load  # noqa: E402  (the same C loop)
+from bench_collector import Load, prog_stats  # noqa: E402  (the same C loop, the same bpf_stats reader)
 
 from fimstream.collector.collector import Collector  # noqa: E402
 from fimstream.rules import load_rules  # noqa: E402
@@ -40,14 +40,6 @@ LABELS = {"empty_exit_tracepoint": "one empty program on sys_exit_openat",
           "empty_exit_hooks": "empty programs on its {e} hooks not at sys_enter",
           "collector": "the collector with the default pack"}
 MODES = ("baseline", "empty_exit_tracepoint", "empty_tracepoints", "empty_exit_and_unrelated_enter", "empty_hook_set", "empty_exit_hooks", "collector")
-
-
-def prog_stats(bpf) -> dict[str, tuple[int, int]]:
-    out = {}
-    for name, fn in bpf.funcs.items():
-        info = dict(line.split(":\t") for line in open(f"/proc/self/fdinfo/{fn.fd}").read().splitlines() if ":\t" in line)
-        out[name.decode()] = (int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0)))
-    return out
 
 
 def lower_quartile(xs: list[float]) -> float:
