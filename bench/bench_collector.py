@@ -178,28 +178,29 @@ class Harness:
             self.publisher.buffered -= len(bodies)
 
     async def run_load(self, argv: list[str], kafka: bool, decode: bool = True) -> tuple[int, float]:
-        loop = asyncio.get_running_loop()
+        """Run the load while the collector reads the ring buffer as the service does (Collector.poll)."""
         if decode:
-            loop.add_reader(self.collector.fd, self.collector.drain, 8192)
+            read = self.collector.drain
         else:  # records released unread: what the kernel side alone costs the syscalls
-            loop.add_reader(self.collector.fd, self.collector.reader.read, lambda *_: None, 65536)
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
-        done = asyncio.create_task(proc.communicate())
-        while not done.done():
-            await asyncio.sleep(0.005)  # the service's poll timer (records between wake-ups)
-            if decode:
-                self.collector.drain(8192)
-            else:
-                self.collector.reader.read(lambda *_: None)
+            def read(batch: int) -> None:
+                self.collector.reader.read(lambda *_: None, batch)
+
+        def drain(batch: int) -> None:
+            read(batch)
             if not kafka:
                 self.frame_without_kafka()
-        out, _ = await done
+
+        stop = asyncio.Event()
+        polling = asyncio.create_task(self.collector.poll(stop, 8192, drain))
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
         await asyncio.sleep(0.2)
-        if decode:
-            self.collector.drain()
-        else:
-            self.collector.reader.read(lambda *_: None)
-        loop.remove_reader(self.collector.fd)
+        polling.cancel()
+        try:
+            await polling
+        except asyncio.CancelledError:
+            pass
+        read(1 << 30)
         if not kafka:
             self.publisher.flush_all()
             self.frame_without_kafka()

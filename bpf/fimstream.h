@@ -75,6 +75,7 @@ struct inflight {         /* a syscall's arguments, read at its sys_exit (EXIT_A
 /* ------------------------------------------------------------------------------------- shared maps */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
+BPF_ARRAY(ring_wake, u64, 1);  /* ktime of the last quiet-spell wake-up (emit), shared by all CPUs */
 /* The tgids the pipeline itself runs as, one bit per pid (pid_max is at most 2^22): an array lookup is
  * inlined by the verifier, a hash lookup costs ~40 ns here, on every hooked syscall. */
 BPF_ARRAY(ignore_bits, u64, IGNORE_WORDS);
@@ -221,17 +222,32 @@ static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 ki
     return h;
 }
 
-/* Copy the finished record into the ring buffer; a full ring buffer is counted, never silent.
- * Wake-ups are batched: waking the reader for every record (the default when it keeps up) costs the
- * traced syscall more than the record itself, so only every WAKE_EVERY-th record per CPU wakes it and
- * the reader also polls on a short timer for the rest (service.py). */
-static __always_inline void emit(struct scratch *s, u32 kind)
+/* How the reader learns about a record. Waking it for every record costs the traced syscall more than
+ * the record itself, and a timer in the reader costs an idle host wake-ups for nothing. So the first
+ * record after a quiet spell of WAKE_QUIET_NS (on any CPU) wakes the reader at once, and so does every
+ * WAKE_EVERY-th record per CPU under load; the records in between wake nobody: the reader drains once
+ * more WAKE_QUIET_NS after each wake-up (Collector.poll), which covers every one of them. */
+static __always_inline u64 wake_flags(struct scratch *s)
 {
-    u64 flags = 1;                                    /* BPF_RB_NO_WAKEUP */
     if (++s->unannounced >= WAKE_EVERY) {
         s->unannounced = 0;
-        flags = 2;                                    /* BPF_RB_FORCE_WAKEUP */
+        return 2;                                     /* BPF_RB_FORCE_WAKEUP */
     }
+    u32 zero = 0;
+    u64 *last = ring_wake.lookup(&zero);
+    if (!last)
+        return 2;
+    u64 now = bpf_ktime_get_ns();
+    if (now - *last < WAKE_QUIET_NS)
+        return 1;                                     /* BPF_RB_NO_WAKEUP: the reader's follow-up drain */
+    *last = now;                                      /* racy across CPUs: at worst one more wake-up */
+    return 2;
+}
+
+/* Copy the finished record into the ring buffer; a full ring buffer is counted, never silent. */
+static __always_inline void emit(struct scratch *s, u32 kind)
+{
+    u64 flags = wake_flags(s);
     u64 len = s->len;
     if (len < sizeof(struct rec_hdr))
         return;

@@ -7,7 +7,7 @@ path, or a test's list). Kernel-side exclusion of the pipeline's own processes l
     c.selfcheck()             # BTF offsets against /proc; raises SelfCheckError
     c.set_ignored([...])      # our pid and the other stages'
     c.on_event = sink         # Event -> None
-    c.drain()                 # from loop.add_reader(c.fd, ...)
+    await c.poll(stop)        # drains on the kernel's wake-ups (or c.drain() by hand)
 """
 from __future__ import annotations
 
@@ -146,14 +146,41 @@ class Collector:
             self.events += 1
             self.on_event(ev)
 
-    async def poll(self, stop, every: float = R.POLL_S, batch: int = 8192) -> None:
-        """The timer half of the wake-up scheme (emit() in fimstream.h wakes the reader every WAKE_EVERY
-        records per CPU): what arrives between wake-ups waits at most `every` seconds."""
+    async def poll(self, stop, batch: int = 8192, drain: Callable[[int], object] | None = None) -> None:
+        """Drain the ring buffer whenever the kernel wakes us (epoll on the map fd), and once more
+        WAKE_QUIET_S after each wake-up: the records emitted in that window wake nobody (emit() in
+        fimstream.h). No timer runs while the host is quiet; SAFETY_POLL_S is a net, not the scheme.
+        `drain` replaces self.drain (a benchmark that releases records unread)."""
         import asyncio
 
-        while not stop.is_set():
-            await asyncio.sleep(every)
-            self.drain(batch)
+        loop = asyncio.get_running_loop()
+        drain = drain or self.drain
+        follow = R.WAKE_QUIET_S + 0.001  # + a record's copy into the ring after its wake-up check
+        due = None  # loop time of the drain owed to the last wake-up
+        waiter = None
+
+        def ready() -> None:
+            nonlocal due
+            drain(batch)
+            due = loop.time() + follow
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        loop.add_reader(self.fd, ready)
+        try:
+            while not stop.is_set():
+                waiter = loop.create_future()
+                timeout = R.SAFETY_POLL_S if due is None else max(0.0, due - loop.time())
+                timer = loop.call_later(timeout, lambda w=waiter: w.done() or w.set_result(None))
+                await waiter
+                timer.cancel()
+                if due is not None and loop.time() >= due:
+                    due = None
+                    drain(batch)
+                elif due is None:
+                    drain(batch)
+        finally:
+            loop.remove_reader(self.fd)
 
     # --------------------------------------------------------------------------------- counters
     def kernel_counters(self) -> dict[str, dict[str, int]]:

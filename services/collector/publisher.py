@@ -62,6 +62,8 @@ class Publisher:
             return False
         batch = self._open.get(key)
         if batch is None:
+            if not self._opened_at:
+                self._wake.set()  # run() sleeps without a deadline while no batch is open
             batch = self._open[key] = []
             self._opened_at[key] = time.monotonic()
         batch.append(body)
@@ -116,14 +118,23 @@ class Publisher:
     async def run(self, stop: asyncio.Event) -> None:
         if not await self.connect(stop):
             return
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             self.flush_due()
             await self._send_ready()
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.linger / 2)
-            except asyncio.TimeoutError:
-                pass
+            # asleep until a batch is full, the oldest open one is due, or a first one opens (add());
+            # no timer at all while nothing is buffered: an idle host costs no wake-ups
+            oldest = next(iter(self._opened_at.values()), None)
+            timer = None if oldest is None else \
+                loop.call_later(max(0.0, oldest + self.linger - time.monotonic()), self._wake.set)
+            await self._wake.wait()
+            if timer is not None:
+                timer.cancel()
+
+    def wake(self) -> None:
+        """Make run() look at its stop event now (it does not wait on it)."""
+        self._wake.set()
 
     async def _send_ready(self) -> None:
         while self._ready:

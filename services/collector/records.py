@@ -29,6 +29,7 @@ FILE_KIND_NAMES = {RK_CREATE: "create", RK_RMDIR: "rmdir", RK_WRITE: "write", RK
 RK_CONNECT, RK_ACCEPT, RK_BIND = 32, 33, 34
 RK_SETUID, RK_SETGID, RK_SETGROUPS, RK_CAPSET, RK_UNSHARE, RK_SETNS, RK_CHROOT = range(35, 42)
 RK_URING_OPEN, RK_URING_RW, RK_URING_PATH = 42, 43, 44
+RK_CGROUP_ATTACH = 45  # process sensor: a task moved to another cgroup (the cache follows; no event)
 RK_ENFORCE = 60  # enforcement sensor: a kill the kernel carried out (enforce_sensor.c)
 NKINDS = 64  # the counters map holds NKINDS rows: room for more kinds without resizing it
 KIND_NAMES = {RK_OPEN: "open", RK_UNLINK: "unlink", RK_RENAME: "rename", RK_CHMOD: "chmod",
@@ -37,6 +38,7 @@ KIND_NAMES = {RK_OPEN: "open", RK_UNLINK: "unlink", RK_RENAME: "rename", RK_CHMO
               RK_SETUID: "setuid", RK_SETGID: "setgid", RK_SETGROUPS: "setgroups", RK_CAPSET: "capset",
               RK_UNSHARE: "unshare", RK_SETNS: "setns", RK_CHROOT: "chroot",
               RK_URING_OPEN: "uring_open", RK_URING_RW: "uring_rw", RK_URING_PATH: "uring_path", RK_ENFORCE: "enforce",
+              RK_CGROUP_ATTACH: "cgroup_attach",
               **FILE_KIND_NAMES}
 assert max(KIND_NAMES) < NKINDS
 
@@ -101,10 +103,12 @@ FILEOP2_BODY = struct.Struct("<IiiHHQQ")  # sc, dfd, dfd2, extra_len, pad, flags
 #                                          variable: src bytes, dst bytes, extra string (fs type)
 FORK_BODY = struct.Struct("<IIQ")  # child_pid, pad, child_start_time
 EXIT_BODY = struct.Struct("<iI")  # exit_code, pad
+CGROUP_BODY = struct.Struct("<IiQHHI")  # pid, hierarchy, cgroup_id, path_len, pad, pad; variable: the path
 
 
-WAKE_EVERY = 64  # records per CPU between reader wake-ups (the reader also polls every POLL_S)
-POLL_S = 0.01
+WAKE_EVERY = 64  # records per CPU between reader wake-ups under load
+WAKE_QUIET_S = 0.01  # the first record after this long without a wake-up wakes the reader (fimstream.h emit)
+SAFETY_POLL_S = 1.0  # the reader drains this often whatever happens (Collector.poll)
 
 
 PID_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit: the ignore bitmap covers every pid
@@ -131,7 +135,8 @@ def c_defines(max_depth: int = MAX_DEPTH, ringbuf_bytes: int = 32 << 20, infligh
                EV_SZ=EV_SZ, EV_VAR_MASK=EV_VAR_MASK, PATH_SZ=PATH_SZ, PATH_MASK=PATH_MASK, PATH_END=PATH_END,
                STR_MAX=STR_MAX, STR_MASK=STR_MASK, NAME_MAX_=NAME_MAX, ARGS_MAX=ARGS_MAX, ARGS_MASK=ARGS_MASK,
                MAX_DEPTH=max_depth, RINGBUF_PAGES=ringbuf_bytes // page, INFLIGHT_MAX=inflight_max,
-               IGNORE_WORDS=IGNORE_WORDS, WAKE_EVERY=wake_every, THREAD_SNAPS=thread_snaps)
+               IGNORE_WORDS=IGNORE_WORDS, WAKE_EVERY=wake_every,
+               WAKE_QUIET_NS=int(WAKE_QUIET_S * 1e9), THREAD_SNAPS=thread_snaps)
     return out
 
 

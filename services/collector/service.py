@@ -61,7 +61,6 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
     health.add_source(stats.health)
     # drain from here on: the symlink scan and the first policy take seconds, and a busy host would fill
     # the ring meanwhile (until the policy is in, every event is emitted)
-    loop.add_reader(collector.fd, lambda: collector.drain(DRAIN_BATCH))
     polling = asyncio.create_task(collector.poll(stop, batch=DRAIN_BATCH))
     publishing = asyncio.create_task(publisher.run(stop))
     rules = CollectorRules(settings, health)
@@ -102,9 +101,12 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
             if publishing.done():
                 publishing.result()  # surface a crash of the publishing task
     finally:
-        loop.remove_reader(collector.fd)
         stop.set()
-        await polling
+        polling.cancel()  # it waits on the kernel's wake-ups, not on `stop`
+        try:
+            await polling
+        except asyncio.CancelledError:
+            pass
         if control is not None:
             control.cancel()
             try:
@@ -118,6 +120,7 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
         collector.drain()
         stats.tick(time.monotonic())
         stop.set()
+        publisher.wake()
         if not publisher.connected:
             publishing.cancel()  # still waiting for a broker: nothing to finish
         try:
