@@ -85,6 +85,7 @@ class Program:
         self.ignore_bits = self.bpf[b"ignore_bits"]
         self._ignored: set[int] = set()
         self.counters = self.bpf[b"counters"]
+        self._ncpus = possible_cpus()  # once: reading it opens a sysfs file, an event of our own
 
     @property
     def loaded(self) -> list[Sensor]:
@@ -108,15 +109,30 @@ class Program:
     # ---------------------------------------------------------------------------------- counters
     def read_counters(self) -> dict[str, dict[str, int]]:
         """Per record kind: seen/filtered/approved/discarded/emitted/lost, summed over CPUs."""
-        import ctypes as ct
-
+        per_slot = self._counter_slots()
         out: dict[str, dict[str, int]] = {}
         for kind, name in records.KIND_NAMES.items():
-            row = {}
-            for i, cname in enumerate(records.COUNTER_NAMES):
-                row[cname] = sum(self.counters[ct.c_int(kind * records.NCOUNTERS + i)])
-            out[name] = row
+            base = kind * records.NCOUNTERS
+            out[name] = {cname: per_slot[base + i] for i, cname in enumerate(records.COUNTER_NAMES)}
         return out
+
+    def _counter_slots(self) -> list[int]:
+        """Every counter slot summed over CPUs: one BPF_MAP_LOOKUP_BATCH (health reads them each second;
+        a lookup per slot was ~200 system calls), or slot by slot where the kernel lacks batches."""
+        import ctypes as ct
+
+        from bcc import libbcc
+
+        n, ncpu = records.NKINDS * records.NCOUNTERS, self._ncpus
+        keys, vals = (ct.c_uint32 * n)(), (ct.c_uint64 * (n * ncpu))()
+        count, out_batch = ct.c_uint32(n), ct.c_uint32(0)
+        if libbcc.lib.bpf_lookup_batch(self.counters.map_fd, None, ct.byref(out_batch), keys, vals,
+                                       ct.byref(count)) == 0 and count.value == n:
+            out = [0] * n
+            for j in range(n):
+                out[keys[j]] = sum(vals[j * ncpu:(j + 1) * ncpu])
+            return out
+        return [sum(self.counters[ct.c_int(i)]) for i in range(n)]
 
     def close(self) -> None:
         for sensor in reversed(self.sensors):
