@@ -39,6 +39,15 @@ struct fork_body {        /* RK_FORK: the header is the parent's */
     u64 child_start_time;
 };
 
+struct cgroup_body {      /* RK_CGROUP_ATTACH: the header is the mover's; variable part: the path */
+    u32 pid;              /* the process (thread group leader) or thread moved */
+    s32 hierarchy;        /* hierarchy id as /proc/PID/cgroup numbers it (0: the unified one) */
+    u64 cgroup_id;        /* the destination's kernfs id (what bpf_get_current_cgroup_id returns, in v2) */
+    u16 path_len;
+    u16 pad;
+    u32 pad2;
+};
+
 struct exit_body {        /* RK_EXIT */
     s32 exit_code;        /* wait status: code << 8 | signal */
     u32 pad;
@@ -240,5 +249,27 @@ TP(sched, sched_process_exit)
     b->exit_code = (s32)TASK32(s, O_TASK_EXIT_CODE);
     b->pad = 0;
     emit(s, RK_EXIT);
+    return 0;
+}
+
+/* A task moved to another cgroup (a runtime putting a process into its container's, systemd, a user
+ * writing cgroup.procs), in any hierarchy: the process cache follows it here instead of reading
+ * /proc/PID/cgroup at every exec. Forks inherit the parent's cgroups; clone3(CLONE_INTO_CGROUP) does
+ * not (no attach either): userspace sees that one as a v2 cgroup id that differs at exec. */
+TP(cgroup, cgroup_attach_task)
+{
+    tally(RK_CGROUP_ATTACH, C_SEEN);
+    struct scratch *s = scratch_get();
+    if (!s)
+        return 0;
+    begin(s, bpf_get_current_task(), RK_CGROUP_ATTACH, sizeof(struct cgroup_body), 0);
+    struct cgroup_body *b = BODY(cgroup_body, s);
+    __builtin_memset(b, 0, sizeof(*b));
+    b->pid = (u32)args->pid;
+    b->hierarchy = args->dst_root;
+    b->cgroup_id = args->dst_id;
+    u32 loc = args->data_loc_dst_path;
+    b->path_len = append_str(s, (u64)args + (loc & 0xFFFF), 0);
+    emit(s, RK_CGROUP_ATTACH);
     return 0;
 }

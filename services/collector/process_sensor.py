@@ -57,7 +57,8 @@ class ProcessSensor(Sensor):
         self.procs = procs
         self.slots = SlotReader(resolver)
         self.boot_ns = str(boot_ns)
-        self.decoders = {R.RK_EXEC: self.decode_exec, R.RK_FORK: self.decode_fork, R.RK_EXIT: self.decode_exit}
+        self.decoders = {R.RK_EXEC: self.decode_exec, R.RK_FORK: self.decode_fork, R.RK_EXIT: self.decode_exit,
+                         R.RK_CGROUP_ATTACH: self.decode_cgroup_attach}
 
     @staticmethod
     def _event(data, off: int, kind: int, etype: int, syscall: str) -> Event:
@@ -112,3 +113,10 @@ class ProcessSensor(Sensor):
         ev.attrs = {"boot_ns": self.boot_ns}
         self.procs.on_exit(ev.hdr[7])
         return ev
+
+    def decode_cgroup_attach(self, data, off: int, length: int) -> None:
+        """A cgroup move: the cache's business only (no event)."""
+        pid, hierarchy, cgroup_id, path_len, _, _ = R.CGROUP_BODY.unpack_from(data, off + _BODY)
+        var = off + _BODY + R.CGROUP_BODY.size
+        self.procs.on_cgroup_attach(pid, hierarchy, cgroup_id, bytes(data[var:var + path_len]))
+        return None

@@ -13,7 +13,8 @@ import time
 from typing import Iterator
 
 from fimstream.collector import records as R
-from fimstream.collector.event import H_AUID, H_COMM, H_EGID, H_EUID, H_GID, H_PPID, H_SESSION, H_START, H_UID
+from fimstream.collector.event import (H_AUID, H_CGROUP, H_COMM, H_EGID, H_EUID, H_GID, H_PPID, H_SESSION, H_START,
+                                       H_UID)
 
 try:
     from fimstream.containers import parse_cgroup
@@ -29,7 +30,7 @@ KEEP_EXITED_S = 30.0
 
 class ProcInfo:
     __slots__ = ("pid", "ppid", "start_ns", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm", "exe",
-                 "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "cgroup_id", "container_id",
+                 "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "cgroup_id", "cgroup_text", "container_id",
                  "root_shared", "root_prefix", "blocks", "exited_at", "source")
 
     def __init__(self, pid: int, ppid: int = 0, start_ns: int = 0):
@@ -44,7 +45,8 @@ class ProcInfo:
         self.args: list[bytes] = []
         self.args_truncated = False
         self.cgroup = b""
-        self.cgroup_id = 0  # the v2 cgroup id `cgroup` was resolved from (0: from /proc)
+        self.cgroup_id = 0  # the v2 cgroup id `cgroup` is known to be current for (0: not known)
+        self.cgroup_text = b""  # /proc/PID/cgroup as last read, kept current by cgroup_attach records
         self.container_id = ""
         self.root_shared: bool | None = None  # same root and mount namespace as the collector
         self.root_prefix: bytes | None = None  # chrooted inside our root and mount namespace: where its root is
@@ -53,7 +55,7 @@ class ProcInfo:
         self.source = ""  # "proc" (seeded), "exec", "fork", "header" (only what a record said)
 
     def inherit(self, parent: "ProcInfo") -> None:
-        for name in ("exe", "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "container_id",
+        for name in ("exe", "exe_ino", "exe_dev", "args", "args_truncated", "cgroup", "cgroup_id", "cgroup_text", "container_id",
                      "root_shared", "root_prefix", "uid", "gid", "euid", "egid", "auid", "sessionid", "comm"):
             setattr(self, name, getattr(parent, name))
 
@@ -128,7 +130,8 @@ class ProcTable:
         self.procs: dict[int, ProcInfo] = {}
         self._self_root = self._root_key("self")
         self._self_mnt_ns = os.stat(f"{proc}/self/ns/mnt").st_ino
-        self.stats = {"seeded": 0, "loaded": 0, "from_header": 0, "reused_pids": 0, "swept": 0}
+        self.stats = {"seeded": 0, "loaded": 0, "from_header": 0, "reused_pids": 0, "swept": 0, "cgroup_reads": 0,
+                      "cgroup_moves": 0}
 
     # -------------------------------------------------------------------------------- /proc
     def _read(self, pid: int | str, name: str) -> bytes:
@@ -193,7 +196,11 @@ class ProcTable:
             return
         info.cgroup_id = cgroup_id
         path = self.cgroups.path(cgroup_id)
-        if path and path != b"/":
+        if not path:
+            return
+        if info.cgroup_text:
+            self._move(info, 0, path)
+        elif path != b"/":
             info.cgroup = path
             if parse_cgroup is not None:
                 info.container_id = parse_cgroup(path).container_id
@@ -203,10 +210,28 @@ class ProcTable:
             text = self._read(info.pid, "cgroup")
         except OSError:
             return False
+        self.stats["cgroup_reads"] += 1
+        self._set_cgroup_text(info, text)
+        return True
+
+    @staticmethod
+    def _set_cgroup_text(info: ProcInfo, text: bytes) -> None:
+        info.cgroup_text = text
         info.cgroup = pick_cgroup(text)
         if parse_cgroup is not None:
             info.container_id = parse_cgroup(text).container_id
-        return True
+
+    def _move(self, info: ProcInfo, hierarchy: int, path: bytes) -> bool:
+        """Rewrite one hierarchy's line of the process's cgroup text (False: no such hierarchy there)."""
+        prefix = b"%d:" % hierarchy
+        lines = info.cgroup_text.split(b"\n")
+        for i, line in enumerate(lines):
+            if line.startswith(prefix):
+                controllers = line[len(prefix):].partition(b":")[0]
+                lines[i] = prefix + controllers + b":" + path
+                self._set_cgroup_text(info, b"\n".join(lines))
+                return True
+        return False
 
     def seed(self) -> int:
         n = 0
@@ -292,8 +317,16 @@ class ProcTable:
         return out
 
     # ------------------------------------------------------------------------------ updates
+    @staticmethod
+    def _adopt_cgroup_id(info: ProcInfo, cgroup_id: int) -> None:
+        """A cgroup text read from /proc stays current (moves since are applied to it): the v2 id of the
+        process's next record is the one it describes."""
+        if info.cgroup_text and not info.cgroup_id:
+            info.cgroup_id = cgroup_id
+
     def on_fork(self, parent_pid: int, hdr: tuple, child_pid: int, child_start: int) -> ProcInfo:
         parent = self.get(parent_pid, hdr)
+        self._adopt_cgroup_id(parent, hdr[H_CGROUP])  # the header is the parent's: the child starts there too
         child = ProcInfo(child_pid, parent_pid, child_start)
         child.inherit(parent)
         child.source = "fork"
@@ -307,12 +340,22 @@ class ProcTable:
         if old is not None:
             info.cgroup, info.container_id, info.root_shared = old.cgroup, old.container_id, old.root_shared
             info.root_prefix = old.root_prefix
+            info.cgroup_id, info.cgroup_text = old.cgroup_id, old.cgroup_text
         info.uid, info.gid, info.euid, info.egid = hdr[H_UID], hdr[H_GID], hdr[H_EUID], hdr[H_EGID]
         info.auid, info.sessionid = hdr[H_AUID], hdr[H_SESSION]
         info.comm = hdr[H_COMM].split(b"\0", 1)[0]
         info.exe, info.exe_ino, info.exe_dev = exe, exe_ino, exe_dev
         info.args, info.args_truncated = args, args_truncated
-        self._read_cgroup(info)  # runtimes move a process into its container's cgroup before exec
+        # Runtimes move a process into its container's cgroup before exec: the move was seen
+        # (cgroup_attach records) unless the v2 id says the process was born elsewhere
+        # (clone3 CLONE_INTO_CGROUP) or its cgroups were never read.
+        cgroup_id = hdr[H_CGROUP]
+        self._adopt_cgroup_id(info, cgroup_id)
+        if not info.cgroup_text or info.cgroup_id != cgroup_id:
+            if self._read_cgroup(info):
+                info.cgroup_id = cgroup_id
+            else:  # gone already: its v2 id still says where it was
+                self.sync_cgroup(info, cgroup_id)
         if mnt_ns:  # from the kernel record, so it is known even when the process is already gone
             info.root_shared = mnt_ns == self._self_mnt_ns and info.root_shared is not False
         info.source = "exec"
@@ -338,6 +381,17 @@ class ProcTable:
         info = self.procs.get(pid)
         if info is not None:
             info.exited_at = time.monotonic()
+
+    def on_cgroup_attach(self, pid: int, hierarchy: int, cgroup_id: int, path: bytes) -> None:
+        """A process moved to another cgroup in one hierarchy (its exec, or its next Process block, sees it)."""
+        info = self.procs.get(pid)
+        if info is None or not info.cgroup_text:
+            return  # not known yet: /proc is read when it is needed
+        if self._move(info, hierarchy, path):
+            self.stats["cgroup_moves"] += 1
+            if hierarchy == 0:
+                info.cgroup_id = cgroup_id
+            info.blocks = {}  # encoded Process blocks carry the old cgroup
 
     def sweep(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
