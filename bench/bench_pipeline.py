@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py stages  [--events 200000]   # events/s through each stage
     .venv/bin/python bench/bench_pipeline.py latency [--seconds 30 --rate 20]   # syscall -> alert row
+    .venv/bin/python bench/bench_pipeline.py idle [--seconds 30]   # each stage's CPU and RSS, nothing happening
 
 `stages`: the raw topic is filled with a realistic event mix (bench_rules.mix: what a host sends with no
 kernel filtering, ~2% matching a rule) in batches of `batch_events`; then each stage runs alone as its
@@ -13,6 +14,9 @@ is read from its heartbeat counters: enricher (raw -> enriched), detector (enric
 by default, bench_k8s.make_cluster); once the enricher's table holds them all, the raw topic receives
 events from processes spread over all those pods' container cgroups; prints the enricher's events/s.
 
+`idle`: `fimstream up` on a host where nothing happens: each stage's CPU (% of a core) and RSS over
+`--seconds`, after 30 s of warm-up.
+
 `latency`: `fimstream up` (real collector, all stages), then a process writes files under /etc at a fixed
 rate; for each alert row, latency = inserted_at (ClickHouse's clock at insert) - event_time (the kernel's
 timestamp of the syscall). Prints p50/p90/p99/max.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -158,7 +163,10 @@ def bench_k8s(pods: int, events: int, batch: int) -> dict:
     return r
 
 
-def bench_latency(seconds: float, rate: float) -> dict:
+@contextlib.contextmanager
+def pipeline_up():
+    """`fimstream up` in a temporary state directory, until `fimstream status` says it flows; yields
+    (env, state dir); stopped with SIGINT afterwards."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
         env = stage_env(f"127.0.0.1:{free_port()}", state, FIMSTREAM_PARTITIONS="2")
@@ -172,27 +180,60 @@ def bench_latency(seconds: float, rate: float) -> dict:
                 time.sleep(1)
             else:
                 raise RuntimeError("pipeline did not come up")
-            d = Path("/etc") / f"fimstream-bench-{uuid.uuid4().hex[:6]}"
-            d.mkdir()
-            n = int(seconds * rate)
-            for i in range(n):
-                t = time.monotonic()
-                (d / f"f{i}").write_text("x")
-                time.sleep(max(0.0, 1 / rate - (time.monotonic() - t)))
-            time.sleep(5)
-            sql = (f"SELECT toUnixTimestamp64Milli(inserted_at) - intDiv(toUnixTimestamp64Nano(event_time), 1000000) AS ms "
-                   f"FROM alerts FINAL WHERE rule_id = 'etc_write' AND event_type = 'create' AND startsWith(file_path, '{d}/')")
-            out = subprocess.run([sys.executable, "-m", "fimstream", "query", "--format", "json", sql], env=env,
-                                 capture_output=True, text=True)
-            if out.returncode:
-                raise RuntimeError(f"query failed: {out.stderr.strip()}")
-            lat = sorted(json.loads(line)["ms"] for line in out.stdout.splitlines() if line.strip())
-            for p in d.iterdir():
-                p.unlink()
-            d.rmdir()
+            yield env, state
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(120)
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def bench_idle(seconds: float, settle: float = 30.0) -> dict:
+    """What the pipeline costs a host where nothing happens: each stage's CPU (% of one core) and RSS over
+    `seconds`, after `settle` seconds of warm-up (the first symlink scan, rule loads, consumer joins)."""
+    with pipeline_up() as (env, state):
+        time.sleep(settle)
+        up = json.loads((state / "up.json").read_text())
+        pids = dict(up["stages"], broker=up["broker_pid"]) if up.get("broker_pid") else dict(up["stages"])
+        t0, before = time.monotonic(), {name: _cpu_ticks(pid) for name, pid in pids.items()}
+        time.sleep(seconds)
+        wall = time.monotonic() - t0
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {name: {"cpu_pct": round((_cpu_ticks(pid) - before[name]) / tick / wall * 100, 2),
+                      "rss_mib": round(_rss_mib(pid))} for name, pid in pids.items()}
+    out["seconds"] = round(wall, 1)
+    return out
+
+
+def bench_latency(seconds: float, rate: float) -> dict:
+    with pipeline_up() as (env, state):
+        d = Path("/etc") / f"fimstream-bench-{uuid.uuid4().hex[:6]}"
+        d.mkdir()
+        n = int(seconds * rate)
+        for i in range(n):
+            t = time.monotonic()
+            (d / f"f{i}").write_text("x")
+            time.sleep(max(0.0, 1 / rate - (time.monotonic() - t)))
+        time.sleep(5)
+        sql = (f"SELECT toUnixTimestamp64Milli(inserted_at) - intDiv(toUnixTimestamp64Nano(event_time), 1000000) AS ms "
+               f"FROM alerts FINAL WHERE rule_id = 'etc_write' AND event_type = 'create' AND startsWith(file_path, '{d}/')")
+        out = subprocess.run([sys.executable, "-m", "fimstream", "query", "--format", "json", sql], env=env,
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"query failed: {out.stderr.strip()}")
+        lat = sorted(json.loads(line)["ms"] for line in out.stdout.splitlines() if line.strip())
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
     if not lat:
         return {"alerts": 0, "expected": n}
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
@@ -202,7 +243,7 @@ def bench_latency(seconds: float, rate: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["stages", "k8s", "latency"])
+    ap.add_argument("what", choices=["stages", "k8s", "latency", "idle"])
     ap.add_argument("--pods", type=int, default=10_000)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=200)
@@ -213,6 +254,8 @@ def main() -> None:
         bench_stages(a.events, a.batch)
     elif a.what == "k8s":
         print(json.dumps(bench_k8s(a.pods, a.events, a.batch)))
+    elif a.what == "idle":
+        print(json.dumps(bench_idle(a.seconds)))
     else:
         print(json.dumps(bench_latency(a.seconds, a.rate)))
 
