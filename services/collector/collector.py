@@ -82,6 +82,7 @@ class Collector:
         self._decoders = {kind: fn for s in self.program.loaded for kind, fn in s.decoders.items()}
         self.procs.seed()
         self.thread_snaps = threadsnap.seed(self.program.bpf)  # after the fork hook is attached
+        trim_heap()  # the compiler's freed memory back to the system: ~40 MiB of resident memory here
         log.info("sensors %s loaded (compile %.1fs, kernel reads: %s), %d processes seeded from /proc, "
                  "%d thread snapshots", ", ".join(s.name for s in self.program.loaded),
                  self.program.compile_seconds, self.program.reads, len(self.procs), self.thread_snaps["seeded"])
@@ -188,6 +189,16 @@ class Collector:
 
     def ringbuf_lost(self) -> int:
         return sum(row["lost"] for row in self.kernel_counters().values())
+
+
+def trim_heap() -> None:
+    """Return free heap pages to the system (glibc's malloc_trim; a no-op elsewhere)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def read_ignore_file(path: os.PathLike) -> set[int]:

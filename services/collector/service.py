@@ -13,7 +13,7 @@ import os
 import time
 
 from fimstream.collector import records as R
-from fimstream.collector.collector import Collector, read_ignore_file
+from fimstream.collector.collector import Collector, read_ignore_file, trim_heap
 from fimstream.collector.encoder import RawEncoder
 from fimstream.collector.publisher import EventSink, Publisher
 from fimstream.collector.rules_stage import CollectorRules
@@ -77,6 +77,7 @@ async def run(settings: Settings, stop: asyncio.Event, health: Health, *, ringbu
             enforcement = EnforcementStage(settings, collector, publisher, codecs, health, lambda: ignored)
             rules.on_rules("enforcement", enforcement.apply, enforcement.failed)
         await loop.run_in_executor(None, rules.start)
+        trim_heap()  # what the symlink scan and the first policy freed
         control = asyncio.create_task(rules.follow_control(stop))
         health.status = "running"
         log.info("collector running: ignoring pids %s", sorted(ignored))
