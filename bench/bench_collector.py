@@ -195,8 +195,7 @@ class Harness:
         polling = asyncio.create_task(self.collector.poll(stop, 8192, drain))
         cpu0 = children_cpu_seconds()
         proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
-        out, _ = await proc.communicate()
-        await proc.wait()
+        out, _ = await proc.communicate()  # waits for the exit too: the load's CPU is in RUSAGE_CHILDREN after it
         self.load_cpu_s = children_cpu_seconds() - cpu0  # the load's own CPU, its descendants' included
         await asyncio.sleep(0.2)
         polling.cancel()

@@ -175,10 +175,8 @@ class Collector:
                 timer = loop.call_later(timeout, lambda w=waiter: w.done() or w.set_result(None))
                 await waiter
                 timer.cancel()
-                if due is not None and loop.time() >= due:
+                if due is None or loop.time() >= due:  # the safety drain, or the follow-up owed
                     due = None
-                    drain(batch)
-                elif due is None:
                     drain(batch)
         finally:
             loop.remove_reader(self.fd)
