@@ -262,8 +262,8 @@ static __always_inline int unlink_exit(struct inflight in, long ret)
         return 0;
     u64 task = bpf_get_current_task();
     u32 kind = (in.a[2] & 0x200) ? RK_RMDIR : RK_UNLINK;
-    if (kind == RK_RMDIR && ret == 0)
-        bump_epoch();                                 /* its inode number may come back as another directory */
+    if (ret == 0)
+        ps_bump(PS_REPOCH);                           /* a dentry and inode may be freed and come back as another */
     filter_begin(f);
     tally(kind, C_SEEN);
     struct fpol *p = policy_of(f, kind);

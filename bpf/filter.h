@@ -19,11 +19,18 @@
  *
  * Discarders (direct children of one directory): keyed by the parent dentry, the vfsmount it was
  * reached through and the task's root (so a chroot or a bind mount is another key), checked against the
- * parent's inode, own parent and name (a freed and reused dentry never matches), and valid for one epoch:
- * the kernel bumps it on rename, rmdir, mount, umount, move_mount; userspace on every policy change.
+ * parent's inode pointer, own parent and name, and its inode's i_ino and i_generation (a dentry freed and
+ * reused for another directory, even with the same name length in the same place and the same inode
+ * memory, does not match: its new inode has another generation), and valid for one epoch: the kernel bumps
+ * it on rename, mount, umount, move_mount; userspace on every policy change. An unlink or rmdir bumps a
+ * removal epoch instead, which only ends entries whose inode has no generation number (0): a build that
+ * removes its temporary directories no longer sends every directory back to a walk.
  * Bits per event type: `u` learned by userspace (RuleSet.can_discard: no rule can match anything under
  * the directory), `r` and `f` learned here after a walk (no path/prefix approver can accept a child of
  * the directory: `r` for events whose flags leave only the "any flags" approvers, `f` for all events).
+ * File entries: where some approver may take a child of the directory (/etc), a walked file no approver
+ * took is remembered itself, keyed by its own dentry | DK_FILE and checked the same way (its inode, parent,
+ * name, i_ino, i_generation), so the loader's ld.so.cache open of every exec stops walking.
  *
  * Path-string events (failed opens, unlink, rename, chmod by path...) have no dentry: they are judged on
  * their lexical path (true base directory + the caller's string). That is exact unless the string goes
@@ -74,6 +81,7 @@
 #define PS_HAZARDS_FULL 3
 #define PS_ON 4                   /* a policy is loaded */
 #define PS_HEPOCH 5               /* bumped by the kernel after each hazard it records */
+#define PS_REPOCH 6               /* bumped by the kernel after each unlink and rmdir (see entry_current) */
 
 struct fpol {                     /* one event type (record kind) of one generation */
     u8 mode;
@@ -125,6 +133,10 @@ struct dval {
     u64 parent;
     u64 name;
     u64 len;
+    u64 ino;                      /* and its inode is still the same one (i_ino, i_generation) */
+    u32 igen;
+    u32 pad;
+    u64 repoch;                   /* removals seen when learned: only checked where i_generation is 0 */
     u64 ubits;                    /* per record kind: userspace-learned (rules) */
     u64 rbits;                    /* kernel-learned, events with no masked flags */
     u64 fbits;                    /* kernel-learned, every event */
@@ -160,11 +172,14 @@ struct fstate {                   /* per-CPU working state of one event's filter
     struct dkey dk;
     struct dval dv;
     struct file_info fi;          /* the fd-based file's identity */
-    u64 p_inode, p_parent, p_name, p_len;   /* the parent directory's dentry: parent_window() */
+    u64 p_inode, p_parent, p_name, p_len;   /* the keyed dentry (parent, or file): parent_window() */
+    u64 p_ino;
+    u32 p_igen, pad4;
     u64 dentry, mnt, parent, name;
     u64 root_mnt, root_dentry, pwd_mnt, pwd_dentry;
     u64 epoch;
     u64 lepoch;                   /* what lexical verdicts depend on: policy and hazards */
+    u64 repoch;                   /* removals (unlink, rmdir) so far */
     u32 gen, name_len, fmode, deleted;
     u32 walked, wflags, fs_read, lexical;   /* lexical: 0 unknown, 1 yes, 2 no */
     u32 key_end, last_slash, ns, pad;
@@ -227,6 +242,7 @@ static __always_inline void filter_begin(struct fstate *f)
     u64 gen = ps_get(PS_GEN);
     f->epoch = (pepoch << 40) + ps_get(PS_KEPOCH);
     f->lepoch = (pepoch << 40) + ps_get(PS_HEPOCH);
+    f->repoch = ps_get(PS_REPOCH);
     f->gen = gen & 1;
     f->walked = 0;
     f->fs_read = 0;
@@ -446,20 +462,27 @@ static __always_inline int key_walked(struct fstate *f, u32 kind, u32 slot, stru
 }
 
 /* ------------------------------------------------------------------------------------ discarders */
+#define DK_FILE 1ULL              /* dkey.dentry | DK_FILE: a file entry (dentries are 8-aligned) */
+
+/* What the entry of f->dk is checked against: the keyed dentry and its inode. A negative dentry has no
+ * inode: the reads of address 0 give 0 (direct loads and probe reads are fault-safe). */
 static __always_inline void parent_window(struct fstate *f)
 {
     DWIN_BUF(w, W_DENTRY);
-    DREAD_WIN(w, W_DENTRY, f->dk.dentry);
+    DREAD_WIN(w, W_DENTRY, f->dk.dentry & ~DK_FILE);
     f->p_inode = DWIN64(w, W_DENTRY, O_DENTRY_INODE);
     f->p_parent = DWIN64(w, W_DENTRY, O_DENTRY_PARENT);
     f->p_name = DWIN64(w, W_DENTRY, O_DENTRY_NAME_NAME);
     f->p_len = DWIN32(w, W_DENTRY, O_DENTRY_NAME_LEN);
+    f->p_ino = KRD64(W_INODE, f->p_inode, O_INODE_INO);
+    f->p_igen = KRD32(W_INODE, f->p_inode, O_INODE_GENERATION);
 }
 
 static __always_inline int entry_current(struct fstate *f, struct dval *v)
 {
     return v->epoch == f->epoch && v->inode == f->p_inode && v->parent == f->p_parent && v->name == f->p_name
-        && v->len == f->p_len;
+        && v->len == f->p_len && v->ino == f->p_ino && v->igen == f->p_igen
+        && (v->igen || v->repoch == f->repoch);
 }
 
 static __always_inline void dkey_fill(struct fstate *f)
@@ -516,10 +539,18 @@ static __always_inline void dval_fill(struct fstate *f, struct dval *v)
     v->parent = f->p_parent;
     v->name = f->p_name;
     v->len = f->p_len;
+    v->ino = f->p_ino;
+    v->igen = f->p_igen;
+    v->pad = 0;
+    v->repoch = f->repoch;
 }
 
+/* Remember f->dk with these bits; not when a removal happened since the event began (the walk may have
+ * judged a directory that is gone, and whose dentry and inode now describe another one). */
 static __always_inline void discarder_learn(struct fstate *f, u64 rbits, u64 fbits)
 {
+    if (ps_get(PS_REPOCH) != f->repoch)
+        return;
     parent_window(f);
     struct dval *v = discarders.lookup(&f->dk);
     if (v && entry_current(f, v)) {                   /* racing writers can only lose bits: conservative */
@@ -535,23 +566,38 @@ static __always_inline void discarder_learn(struct fstate *f, u64 rbits, u64 fbi
 }
 
 /* After a walk found no approver: may any path or prefix approver accept a direct child of the
- * file's directory? If not, remember it. Not for a mount's root (its parent dentry is not its directory). */
-static __always_inline void learn_walked(struct scratch *s, struct fstate *f, u32 kind)
+ * file's directory? If not, remember it. Not for a mount's root (its parent dentry is not its directory).
+ * Returns what was learned: 0 nothing, 1 for unflagged events (r), 2 for all (f). */
+static __always_inline int learn_walked(struct scratch *s, struct fstate *f, u32 kind)
 {
     u32 pos = s->pos;
     u32 end = PATH_END - f->name_len;
     if (f->wflags || f->name_len == 0 || end <= pos || end > PATH_END)
-        return;
+        return 0;
     if (KRD64(W_VFSMOUNT, f->mnt, O_VFSMOUNT_ROOT) == f->dentry)
-        return;
+        return 0;
     if (!key_walked(f, kind, SLOT_FILE, s, pos, end, 1))   /* "dir/\x01": the directory's marker */
-        return;
+        return 0;
     struct lpm_val *v = pol_paths.lookup((struct lpm_key *)&f->k);
     u64 m = v ? (v->pmask | v->amask) : 0;
     if (m & ANY_FLAGS)
-        return;
+        return 0;
     u64 bit = 1ULL << (kind & 63);
     discarder_learn(f, bit, m ? 0 : bit);
+    return m ? 1 : 2;
+}
+
+/* After a walk found no approver for the file itself (m: the masks its path matched, none compatible): when
+ * its directory could not be learned (some approver may take another child), remember the file. Its own
+ * dentry | DK_FILE is the key, so a file entry never answers for the directory's children. */
+static __always_inline void file_learn(struct fstate *f, u32 kind, u64 m)
+{
+    if (f->wflags || f->deleted || !f->dentry)
+        return;
+    u64 bit = 1ULL << (kind & 63);
+    f->dk.dentry = f->dentry | DK_FILE;
+    discarder_learn(f, bit, m ? 0 : bit);
+    f->dk.dentry = f->parent;
 }
 
 /* An emitted fd-based event: keep its directory's key for userspace, which may learn a rule discarder. */
@@ -559,8 +605,8 @@ static __always_inline void candidate(struct fstate *f, struct rec_hdr *h)
 {
     if (!f->dentry || !f->fs_read || f->wflags || f->name_len == 0)
         return;
-    if (KRD64(W_VFSMOUNT, f->mnt, O_VFSMOUNT_ROOT) == f->dentry)
-        return;
+    if (KRD64(W_VFSMOUNT, f->mnt, O_VFSMOUNT_ROOT) == f->dentry || ps_get(PS_REPOCH) != f->repoch)
+        return;                                       /* a mount's root; a removal since the event began */
     dkey_fill(f);
     parent_window(f);
     struct ckey ck = {.ktime = h->ktime, .tid = h->tid};
@@ -605,9 +651,13 @@ static __always_inline int fd_lookups(struct fstate *f, struct fpol *p, u32 kind
         return V_FILTERED;
     fs_read(f, task);
     dkey_fill(f);
-    if (discarded(f, kind, known && (flags & p->masked) == 0))
+    int restricted = known && (flags & p->masked) == 0;
+    if (discarded(f, kind, restricted))
         return V_DISCARDED;
-    return V_CONTINUE;
+    f->dk.dentry = f->dentry | DK_FILE;              /* the file's own entry (file_learn) */
+    int hit = discarded(f, kind, restricted);
+    f->dk.dentry = f->parent;
+    return hit ? V_DISCARDED : V_CONTINUE;
 }
 
 /* What an fd-based event's file alone settles, before the syscall's flags are read (reading them costs
@@ -636,7 +686,10 @@ static __always_inline int fd_verdict(struct scratch *s, struct fstate *f, struc
     struct lpm_val *v = pol_paths.lookup((struct lpm_key *)&f->k);
     if (v && (compat(v->pmask, flags) || compat(v->emask, flags)))
         return V_APPROVED;
-    learn_walked(s, f, kind);
+    u64 m = v ? (v->pmask | v->emask) : 0;
+    int learned = learn_walked(s, f, kind);
+    if (learned == 0 || (learned == 1 && m == 0))    /* the directory's entry does not cover what the file's would */
+        file_learn(f, kind, m);
     return V_FILTERED;
 }
 

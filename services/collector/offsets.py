@@ -87,6 +87,7 @@ NEEDS: dict[str, Need] = {
     "O_INODE_NLINK": Need(("inode", "i_nlink"), 4),
     "O_INODE_INO": Need(("inode", "i_ino"), 8),
     "O_INODE_SB": Need(("inode", "i_sb"), 8),
+    "O_INODE_GENERATION": Need(("inode", "i_generation"), 4),
     "O_SB_DEV": Need(("super_block", "s_dev"), 4),
     "O_MM_EXE_FILE": Need(("mm_struct", "exe_file"), 8),
     "O_MM_ARG_START": Need(("mm_struct", "arg_start"), 8),

@@ -4,9 +4,10 @@ at events the kernel passed without an approver's word.
 
 Map layout (bpf/filter.h has the C side):
 
-    pstate        u64[8]: 0 generation in force, 1 policy epoch, 2 kernel epoch (renames, rmdir, mounts),
+    pstate        u64[8]: 0 generation in force, 1 policy epoch, 2 kernel epoch (renames, mounts),
                   3 "a symlink could not be recorded" (path strings then all go to userspace), 4 policy loaded,
-                  5 hazard epoch (bumped by the kernel after each hazard it records)
+                  5 hazard epoch (bumped by the kernel after each hazard it records), 6 removal epoch
+                  (unlink, rmdir: ends the entries whose inode has no generation number)
     fpolicy       [generation * NKINDS + kind] -> mode (pass/drop/filter), which lookups can hit, type-wide
                   flags and mode approvers, union of the entries' flag masks
     pol_inodes    (ino, kernel dev, generation, kind, slot) -> flags mask
@@ -16,7 +17,9 @@ Map layout (bpf/filter.h has the C side):
                   approver may accept a direct child of dir; every entry's prefix mask is merged with the
                   masks of the prefixes above it, so the longest match alone answers
     discarders    LRU (parent dentry, vfsmount, root dentry, root vfsmount) -> epoch, what the entry was
-                  learned from (inode, parent, name), per-kind bits (userspace / kernel restricted / all)
+                  learned from (inode pointer, i_ino + i_generation, parent, name), per-kind bits (userspace /
+                  kernel restricted / all); the same key with the file's dentry | 1: a file entry (one file
+                  whose path no approver takes, in a directory where some approver takes a child)
     dcand         LRU (ktime, tid) of an emitted fd-based record -> its directory's discarder key
     lex_discarders  LRU (mount ns, kind, slot, directory bytes) -> epoch (policy << 40 + hazard), any flags:
                   a directory no path string's child can be approved under, learned by the kernel
@@ -51,7 +54,7 @@ ANY = 1 << 63
 MODE = {"pass": 0, "drop": 1, "filter": 2}
 HAS_INODE_F, HAS_INODE_T, HAS_NAME_F, HAS_NAME_T, HAS_PATH_F, HAS_PATH_T, HAS_EXE, HAS_LEARN = (1 << i for i in range(8))
 SLOTS = {"file": 0, "target": 1}
-PS_GEN, PS_PEPOCH, PS_KEPOCH, PS_HAZARDS_FULL, PS_ON, PS_HEPOCH = range(6)
+PS_GEN, PS_PEPOCH, PS_KEPOCH, PS_HAZARDS_FULL, PS_ON, PS_HEPOCH, PS_REPOCH = range(7)
 LPM_DATA = 256
 HF_UNSURE, HF_APPROVED = 1, 2
 H_HFLAGS, H_KTIME, H_TID = 1, 3, 8
@@ -406,7 +409,7 @@ class KernelFilter:
         ct.memmove(ct.byref(dk), ct.byref(cand.dk), ct.sizeof(dk))
         try:
             cur = self.discarders[dk]
-            same = all(getattr(cur, f) == getattr(cand.dv, f) for f in ("epoch", "inode", "parent", "name", "len"))
+            same = all(getattr(cur, f) == getattr(cand.dv, f) for f in ("epoch", "inode", "parent", "name", "len", "ino", "igen"))
         except KeyError:
             same = False
         v = self.discarders.Leaf()

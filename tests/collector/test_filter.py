@@ -167,6 +167,133 @@ def test_kept_drops_follow_the_epoch_and_the_policy(filtering, capture, d):
         os.sched_setaffinity(0, cpus)
 
 
+def entries_for(collector, path, file_entry: bool) -> list:
+    """The discarder entries (key, value) whose keyed dentry's inode is `path`'s: its directory entries
+    (the path is a directory whose children are discarded) or its file entries (dentry | DK_FILE)."""
+    st = os.stat(path)
+    return [(bytes(k), bytes(v)) for k, v in collector.program.bpf[b"discarders"].items()
+            if v.ino == st.st_ino and bool(k.dentry & 1) == file_entry]
+
+
+def test_discarders_outlive_an_unlink_and_an_rmdir_elsewhere(filtering, capture, d):
+    """A removal frees a dentry and an inode that may come back as another directory; the entries check the
+    inode's i_ino and i_generation instead of being all thrown away: a build that removes its temporary
+    files and directories does not send every directory it uses back to a walk."""
+    leaf = d / "a" / "plain"
+    leaf.mkdir(parents=True)
+    (d / "watched").mkdir()
+    for i in range(20):
+        (leaf / f"f{i}").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/watched/**"\n')
+
+    def opens():
+        for i in range(20):
+            os.close(os.open(leaf / f"f{i}", os.O_RDONLY))
+
+    assert under(capture(opens), "open", d) == []
+    (learned,) = entries_for(filtering.collector, leaf, file_entry=False)
+    (d / "gone").mkdir()
+    (d / "gone" / "x").write_bytes(b"")
+    os.unlink(d / "gone" / "x")
+    os.rmdir(d / "gone")
+    before = filtering.counters()
+    assert under(capture(opens), "open", d) == []
+    assert filtering.delta(filtering.counters(), before)["open"]["discarded"] >= 20
+    # the same entry answered: not learned again after a walk (a new epoch would rewrite it)
+    assert entries_for(filtering.collector, leaf, file_entry=False) == [learned]
+
+
+FILE_ENTRY_RULES = """
+rules:
+  - id: exact
+    expression: open.file.path == "{d}/etc/shadow"
+  - id: writes
+    expression: open.file.path =~ "{d}/etc/**" && open.flags & O_WRONLY > 0
+"""
+
+
+def test_file_entries_where_the_directory_cannot_be_discarded(filtering, capture, d):
+    """An approver takes a child of etc/, so etc/ gets no discarder; a file there that no approver takes
+    is remembered itself (for opens without the approvers' flags), and a rename onto an approved name, an
+    approved sibling or a write-open still reach userspace."""
+    etc = d / "etc"
+    etc.mkdir()
+    for name in ("cache1", "shadow"):
+        (etc / name).write_bytes(b"")
+    filtering.use(FILE_ENTRY_RULES.format(d=d))
+    before = filtering.counters()
+
+    def reads():
+        for _ in range(30):
+            os.close(os.open(etc / "cache1", os.O_RDONLY))
+
+    assert under(capture(reads), "open", d) == []
+    delta = filtering.delta(filtering.counters(), before)["open"]
+    assert delta["discarded"] >= 29, delta  # the first open walked, the others hit the file's entry
+    assert len(entries_for(filtering.collector, etc / "cache1", file_entry=True)) == 1
+    assert entries_for(filtering.collector, etc, file_entry=False) == []
+
+    def others():
+        os.close(os.open(etc / "shadow", os.O_RDONLY))
+        os.close(os.open(etc / "cache1", os.O_WRONLY))
+
+    got = [(e.file.path, e.flags & os.O_WRONLY) for e in under(capture(others), "open", d)]
+    assert got == [(b(etc / "shadow"), 0), (b(etc / "cache1"), os.O_WRONLY)]
+    # the same dentry under a name of the same length: only the epoch says its path changed
+    os.replace(etc / "cache1", etc / "shadow")
+    events = under(capture(lambda: os.close(os.open(etc / "shadow", os.O_RDONLY))), "open", d)
+    assert [e.file.path for e in events] == [b(etc / "shadow")]
+
+
+def test_an_entry_is_told_apart_from_a_reused_dentry_by_its_inode(filtering, capture, d):
+    """A freed dentry and inode may come back as another file of the same name length in the same place:
+    same pointers, another inode generation. Simulated by rewriting a learned entry's generation: the
+    entry no longer answers, the next open walks and learns it again. On a filesystem with no generation
+    numbers (ramfs: 0) an entry ends at the next removal anywhere instead."""
+    etc = d / "etc"
+    etc.mkdir()
+    (etc / "cache1").write_bytes(b"")
+    filtering.use(FILE_ENTRY_RULES.format(d=d))
+    table = filtering.collector.program.bpf[b"discarders"]
+
+    def reads(path):
+        return lambda: [os.close(os.open(path, os.O_RDONLY)) for _ in range(3)]
+
+    assert under(capture(reads(etc / "cache1")), "open", d) == []
+    ((key, value),) = entries_for(filtering.collector, etc / "cache1", file_entry=True)
+    k, v = table.Key.from_buffer_copy(key), table.Leaf.from_buffer_copy(value)
+    real = v.igen
+    v.igen ^= 0x5A5A
+    table[k] = v
+    kept = filtering.collector.program.bpf[b"dhits"]  # and the per-CPU copies of it
+    for i in range(kept.max_entries):
+        copies = kept[ctypes.c_int(i)]
+        if any(bytes(c.dk) == key for c in copies):
+            for c in copies:
+                if bytes(c.dk) == key:
+                    c.dv.igen ^= 0x5A5A
+            kept[ctypes.c_int(i)] = copies
+    assert under(capture(reads(etc / "cache1")), "open", d) == []
+    assert table[k].igen == real  # walked and learned again
+
+    ram = d / "ram"
+    ram.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "none", str(ram)], check=True)
+    try:
+        (ram / "plain").mkdir()
+        (ram / "plain" / "f").write_bytes(b"")
+        (d / "gone").write_bytes(b"")
+        assert under(capture(reads(ram / "plain" / "f")), "open", d) == []
+        ((key, value),) = entries_for(filtering.collector, ram / "plain", file_entry=False)
+        assert table.Leaf.from_buffer_copy(value).igen == 0
+        os.unlink(d / "gone")  # any removal: the ramfs entry cannot tell a reused inode apart
+        assert under(capture(reads(ram / "plain" / "f")), "open", d) == []
+        ((_, after),) = entries_for(filtering.collector, ram / "plain", file_entry=False)
+        assert table.Leaf.from_buffer_copy(after).repoch > table.Leaf.from_buffer_copy(value).repoch
+    finally:
+        subprocess.run(["umount", str(ram)], check=True)
+
+
 def test_rule_discarders_learned_from_emitted_events(filtering, capture, d):
     """The approver (prefix d/) lets d/skip/ through, but no rule can match there: userspace asks
     RuleSet.can_discard and puts the directory in the kernel's discarder map."""
