@@ -13,7 +13,9 @@
  *    (submitted before the collector started, or its entry evicted) is reported from the fd alone.
  *  - unlinkat, renameat, mkdirat, symlinkat, linkat: like opens (kept at submission, reported at
  *    completion), with the caller's strings and their base directories, resolved in userspace like the
- *    syscalls' (RK_URING_PATH).
+ *    syscalls' (RK_URING_PATH). They also keep the filter's epochs and hazards as their syscalls do
+ *    (filter.h): a successful renameat or rmdir bumps the discarder epoch, a symlinkat records the new link
+ *    as a hazard, a renameat or linkat carries a symlink's hazard to its new name (tail__uring_hazard).
  *  - read/write family: reported at submission, because a request with IOSQE_CQE_SKIP_SUCCESS never
  *    posts a completion: the file comes from the fd table (or the registered files) at that moment.
  *    Only regular files; the first read and the first write of each open file (uring_seen, per struct
@@ -94,6 +96,117 @@ BPF_TABLE("lru_hash", u64, struct uring_seen_v, uring_seen, 16384);
 #define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
 
 static __always_inline int path_record(struct uring_pending *p, s64 res, u32 stage);
+static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res);
+
+/* ------------------------------------------------------------------ the filter's epochs and hazards */
+/* A path operation changes the namespace exactly like its syscall, so it keeps in-kernel filtering sound the
+ * same way (file_sensor.c: rename_judge, unlink_exit, TAIL(hazard)): a rename or an rmdir bumps the
+ * discarder epoch, a new symlink, or a symlink (or a directory holding one) renamed or linked to a new name,
+ * is recorded as a hazard. Done in the kernel where the result is known (at completion), before the CQE is
+ * published: a submitter that waits for it is judged with them (userspace would be too late). The hazards run in a tail call of their own
+ * (two lexical paths, trie lookups and the loop of hazard_add() on top of the record's building would strain
+ * io_uring_complete's budget); uring_sensor.c has its own program array and tail, so it does not depend on
+ * the file sensor being loaded.
+ *
+ * The completion runs in the submitter, an io-wq worker or the SQPOLL thread of the submitting process (or
+ * a worker of that thread): io_uring creates them with CLONE_VM | CLONE_FS | CLONE_FILES and the parent's
+ * namespaces, so the current task's memory holds the user strings, its fs_struct resolves a relative path
+ * against the submitter's cwd and root, its fd table holds the dirfd, and its mount namespace is the
+ * submitter's: key_string() works there as at a sys_exit. Where something cannot be placed the
+ * conservative route is taken: hazards_full() (every path string goes to userspace). */
+#define T_URING_HAZARD 0
+#define UH_JUDGE 1                /* f->in.pad, what is left to do: rename, link: which names to record */
+#define UH_DST 2                  /* record the destination (a2, a3) */
+#define UH_SRC 4                  /* record the first name (a0, a1) */
+#define UH_MUST 8                 /* ... and if it cannot be placed, trust no path string (a new symlink) */
+#define AT_REMOVEDIR_U 0x200
+#define RENAME_EXCHANGE_U 2
+BPF_PROG_ARRAY(uring_tails, 1);
+
+/* f->kind: the IORING_OP_*; f->in: a0 dirfd + a1 string of the first name (symlinkat: the link), a2 + a3
+ * of the second (rename: the destination, link: the new link), a4 the flags, pad the steps left. One step
+ * per call, then the tail calls itself for the next: each step alone is a small program for the verifier
+ * (the lookups of two names and two hazard_add() loops in one program, with every combination of outcomes
+ * explored, exceed its budget). */
+int tail__uring_hazard(void *ctx)
+{
+    struct scratch *s = scratch_get();
+    struct fstate *f = fstate_get();
+    if (!s || !f)
+        return 0;
+    u64 task = bpf_get_current_task();
+    u32 op = f->kind;
+    struct inflight in;
+    __builtin_memcpy(&in, &f->in, sizeof(in));
+    filter_begin(f);
+    u32 todo = in.pad;
+    u32 next;
+    if (todo & UH_JUDGE) {
+        /* rename, link: what was at the source (a symlink, under one, above one) is at the destination now
+         * (a source we cannot place may be one). With RENAME_EXCHANGE what was at the destination is at
+         * the source too. The steps go through map memory: the verifier then explores the rest once. */
+        next = 0;
+        if (key_string(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, 0) < 0 || hazard_related(f, task))
+            next = UH_DST;
+        *(volatile u32 *)&f->in.pad = next;
+        if (op == IOP_RENAMEAT && (in.a[4] & RENAME_EXCHANGE_U)
+            && (key_string(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, 0) < 0
+                || hazard_related(f, task)))
+            *(volatile u32 *)&f->in.pad |= UH_SRC;
+    } else if (todo & UH_DST) {
+        if (key_string(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
+            hazard_add(f, task);
+        *(volatile u32 *)&f->in.pad = todo & ~UH_DST;
+    } else if (todo & UH_SRC) {
+        if (key_string(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, 0) >= 0)
+            hazard_add(f, task);
+        else if (todo & UH_MUST)
+            hazards_full();                           /* a symlink we cannot place: trust no path string */
+        *(volatile u32 *)&f->in.pad = 0;
+    } else {
+        return 0;
+    }
+    if (!*(volatile u32 *)&f->in.pad)
+        return 0;
+    uring_tails.call(ctx, T_URING_HAZARD);
+    hazards_full();                                   /* the chain was cut short: what is left cannot be placed */
+    return 0;
+}
+
+/* The discarder epoch, before the record is emitted (as rename_judge, unlink_exit): a directory moved, or
+ * went and its inode number may come back as another directory. */
+static __always_inline void path_epoch(u32 op, u64 flags)
+{
+    if (op == IOP_RENAMEAT || (op == IOP_UNLINKAT && (flags & AT_REMOVEDIR_U)))
+        bump_epoch();
+}
+
+/* The hazards of a successful renameat, symlinkat or linkat, in the tail call. Last thing a program does: a
+ * tail call that works does not return. */
+static __always_inline void path_hazards(void *ctx, struct uring_pending *p)
+{
+    if (p->op != IOP_RENAMEAT && p->op != IOP_SYMLINKAT && p->op != IOP_LINKAT)
+        return;
+    struct fstate *f = fstate_get();
+    if (f) {
+        __builtin_memset(&f->in, 0, sizeof(f->in));
+        if (p->op == IOP_SYMLINKAT) {             /* uptr is the link's text; the link is the second name */
+            f->in.a[0] = (u64)(s64)p->dfd2;
+            f->in.a[1] = p->uptr2;
+            f->in.pad = UH_SRC | UH_MUST;
+        } else {
+            f->in.a[0] = (u64)(s64)p->dfd;
+            f->in.a[1] = p->uptr;
+            f->in.a[2] = (u64)(s64)p->dfd2;
+            f->in.a[3] = p->uptr2;
+            f->in.a[4] = p->flags;
+            f->in.pad = UH_JUDGE;
+        }
+        f->kind = p->op;
+        uring_tails.call(ctx, T_URING_HAZARD);
+    }
+    hazards_full();                                   /* no tail program (not loaded): nothing can be placed */
+}
 
 /* A registered file of the request's ring: ctx->file_table.data.nodes[idx]->file_ptr. */
 static __always_inline u64 uring_fixed_file(u64 req, u32 idx)
@@ -183,7 +296,7 @@ static __always_inline int open_submit(u64 req, u8 op, u64 rflags, u64 user_data
     return open_record(&p, 0, URS_SUBMIT, req);
 }
 
-static __always_inline int open_complete(u64 req, s64 res)
+static __always_inline int open_complete(void *ctx, u64 req, s64 res)
 {
     struct uring_pending p;
     struct uring_pending *in = uring_pending.lookup(&req);
@@ -191,7 +304,7 @@ static __always_inline int open_complete(u64 req, s64 res)
         __builtin_memcpy(&p, in, sizeof(p));
         uring_pending.delete(&req);
         if (!p.sc)
-            return path_record(&p, res, URS_COMPLETE);
+            return path_complete(ctx, &p, res);
         return open_record(&p, res, URS_COMPLETE, req);
     }
     u8 op = 0;
@@ -235,6 +348,16 @@ static __always_inline int path_record(struct uring_pending *p, s64 res, u32 sta
             slot_user_path(s, &b->t, p->dfd2, p->uptr2);
     }
     emit(s, RK_URING_PATH);
+    return 0;
+}
+
+static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res)
+{
+    if (res == 0)
+        path_epoch(p->op, p->flags);
+    path_record(p, res, URS_COMPLETE);
+    if (res == 0)
+        path_hazards(ctx, p);
     return 0;
 }
 
@@ -353,5 +476,5 @@ TP(io_uring, io_uring_complete)
     u64 req = (u64)args->req;
     if (!req)
         return 0;         /* an auxiliary CQE (multishot, msg_ring...): no request behind it */
-    return open_complete(req, args->res);
+    return open_complete(args, req, args->res);
 }
