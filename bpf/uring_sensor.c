@@ -16,6 +16,7 @@
  *    syscalls' (RK_URING_PATH). They also keep the filter's epochs and hazards as their syscalls do
  *    (filter.h): a successful renameat or rmdir bumps the discarder epoch, a symlinkat records the new link
  *    as a hazard, a renameat or linkat carries a symlink's hazard to its new name (tail__uring_hazard).
+ *    One that will post no completion (IOSQE_CQE_SKIP_SUCCESS) does it at submission, assuming the worst.
  *  - read/write family: reported at submission, because a request with IOSQE_CQE_SKIP_SUCCESS never
  *    posts a completion: the file comes from the fd table (or the registered files) at that moment.
  *    Only regular files; the first read and the first write of each open file (uring_seen, per struct
@@ -97,6 +98,7 @@ BPF_TABLE("lru_hash", u64, struct uring_seen_v, uring_seen, 16384);
 
 static __always_inline int path_record(struct uring_pending *p, s64 res, u32 stage);
 static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res);
+static __always_inline int path_unseen(u64 req, u8 op);
 
 /* ------------------------------------------------------------------ the filter's epochs and hazards */
 /* A path operation changes the namespace exactly like its syscall, so it keeps in-kernel filtering sound the
@@ -182,8 +184,9 @@ static __always_inline void path_epoch(u32 op, u64 flags)
 }
 
 /* The hazards of a successful renameat, symlinkat or linkat, in the tail call. Last thing a program does: a
- * tail call that works does not return. */
-static __always_inline void path_hazards(void *ctx, struct uring_pending *p)
+ * tail call that works does not return. Blind: at the submission of one that will post no completion, which
+ * would say neither whether its source was a symlink nor when it moved: assume it was. */
+static __always_inline void path_hazards(void *ctx, struct uring_pending *p, int blind)
 {
     if (p->op != IOP_RENAMEAT && p->op != IOP_SYMLINKAT && p->op != IOP_LINKAT)
         return;
@@ -201,6 +204,8 @@ static __always_inline void path_hazards(void *ctx, struct uring_pending *p)
             f->in.a[3] = p->uptr2;
             f->in.a[4] = p->flags;
             f->in.pad = UH_JUDGE;
+            if (blind)
+                f->in.pad = UH_DST | (p->op == IOP_RENAMEAT && (p->flags & RENAME_EXCHANGE_U) ? UH_SRC : 0);
         }
         f->kind = p->op;
         uring_tails.call(ctx, T_URING_HAZARD);
@@ -309,6 +314,8 @@ static __always_inline int open_complete(void *ctx, u64 req, s64 res)
     }
     u8 op = 0;
     bpf_probe_read_kernel(&op, 1, (void *)(req + O_IO_KIOCB_OPCODE));
+    if (res == 0 && (op == IOP_RENAMEAT || op == IOP_SYMLINKAT || op == IOP_LINKAT || op == IOP_UNLINKAT))
+        return path_unseen(req, op);
     if (op != IOP_OPENAT && op != IOP_OPENAT2)
         return 0;
     if (drop_ignored(RK_URING_OPEN))
@@ -357,11 +364,25 @@ static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64
         path_epoch(p->op, p->flags);
     path_record(p, res, URS_COMPLETE);
     if (res == 0)
-        path_hazards(ctx, p);
+        path_hazards(ctx, p, 0);
     return 0;
 }
 
-static __always_inline int path_submit(u64 req, u8 op, u64 rflags, u64 user_data)
+/* A successful path operation whose submission was not kept (submitted before the collector started, its
+ * entry evicted): the epoch still can be bumped (the flags are in the request), but its names are gone (the
+ * kernel freed its copies, the user pointers were in the entry): no hazard can be placed. */
+static __always_inline int path_unseen(u64 req, u8 op)
+{
+    if (ignored(bpf_get_current_pid_tgid() >> 32))
+        return 0;                                     /* as the syscall hooks: an ignored caller changes nothing */
+    u32 flags = op == IOP_UNLINKAT ? rd32(req + O_IO_KIOCB_CMD + O_IO_UNLINK_FLAGS) : 0;
+    path_epoch(op, flags);
+    if (op != IOP_UNLINKAT)
+        hazards_full();
+    return 0;
+}
+
+static __always_inline int path_submit(void *ctx, u64 req, u8 op, u64 rflags, u64 user_data)
 {
     struct uring_pending p = {};
     u64 o = req + O_IO_KIOCB_CMD;
@@ -391,7 +412,14 @@ static __always_inline int path_submit(u64 req, u8 op, u64 rflags, u64 user_data
     }
     if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_)) && uring_pending.update(&req, &p) == 0)
         return 0;
-    return path_record(&p, 0, URS_SUBMIT);
+    /* No completion will come when it succeeds (IOSQE_CQE_SKIP_SUCCESS), nor will it say when it ran: the
+     * epoch now (a discarder learned between this and the operation itself survives it: the one gap left),
+     * the hazards now, assuming the worst (a hazard recorded early is only a path string sent to userspace).
+     * (Not kept for another reason: its completion finds no entry, path_unseen.) */
+    path_epoch(op, p.flags);
+    path_record(&p, 0, URS_SUBMIT);
+    path_hazards(ctx, &p, 1);
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------------- read, write */
@@ -466,7 +494,7 @@ TP(io_uring, io_uring_submit_req)
         if (drop_ignored(RK_URING_PATH))
             return 0;
         tally(RK_URING_PATH, C_SEEN);
-        return path_submit(req, op, args->flags, args->user_data);
+        return path_submit(args, req, op, args->flags, args->user_data);
     }
     return 0;
 }

@@ -299,6 +299,40 @@ def test_an_io_uring_rename_exchange_carries_hazards_both_ways(filtering, captur
     assert placed(filtering)
 
 
+def test_io_uring_path_operations_that_post_no_completion_are_judged_at_submission(filtering, capture, uring_ops,
+                                                                                    d):
+    """IOSQE_CQE_SKIP_SUCCESS: a success fires no io_uring_complete. The epoch and the hazards are kept at
+    submission instead, assuming the worst."""
+    leaf = d / "a" / "b" / "plain"
+    leaf.mkdir(parents=True)
+    (d / "watched").mkdir()
+    for i in range(20):
+        (leaf / f"f{i}").write_bytes(b"")
+    for i in range(2):
+        (d / "watched" / f"f{i}").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/watched/**" || '
+                  f'unlink.file.path =~ "{d}/watched/**"\n')
+    before = filtering.counters()
+    capture(lambda: [os.close(os.open(leaf / f"f{i}", os.O_RDONLY)) for i in range(20)])
+    assert filtering.delta(filtering.counters(), before)["open"]["discarded"] >= 15  # plain/ learned
+    os.symlink(d / "watched", d / "l0")
+    no_cqe = 1 << 30
+    assert uring_do(uring_ops, f"renameat,{d}/a,{d}/watched/a", f"symlinkat,{d}/watched,{d}/lnk",
+                    f"renameat,{d}/l0,{d}/l1", mode="URING_SKIP") == [no_cqe] * 3
+    assert os.path.islink(d / "lnk") and os.path.islink(d / "l1") and (d / "watched" / "a").is_dir()
+    moved = d / "watched" / "a" / "b" / "plain"
+
+    def act():
+        os.close(os.open(moved / "f0", os.O_RDONLY))
+        unlink_str(d / "lnk" / "f0")
+        unlink_str(d / "l1" / "f1")
+
+    events = [e for e in capture(act) if e.type_name in ("open", "unlink") and e.file.path.startswith(b(d))]
+    assert [(e.type_name, e.file.path) for e in events] == [
+        ("open", b(moved / "f0")), ("unlink", b(d / "watched/f0")), ("unlink", b(d / "watched/f1"))]
+    assert placed(filtering)
+
+
 def test_a_lexical_discarder_is_stale_once_an_io_uring_symlink_appears_in_its_directory(filtering, capture,
                                                                                           uring_ops, d):
     _chmod_of_watched_f(filtering, d)
