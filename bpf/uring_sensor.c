@@ -115,7 +115,11 @@ static __always_inline int path_unseen(u64 req, u8 op);
  * namespaces, so the current task's memory holds the user strings, its fs_struct resolves a relative path
  * against the submitter's cwd and root, its fd table holds the dirfd, and its mount namespace is the
  * submitter's: key_string() works there as at a sys_exit. Where something cannot be placed the
- * conservative route is taken: hazards_full() (every path string goes to userspace). */
+ * conservative route is taken: hazards_full() (every path string goes to userspace). Not covered: the
+ * strings are read at completion, like path_record()'s, and io_uring lets a caller reuse their memory once
+ * the request is submitted (the kernel has its own copy): a name rewritten by then misplaces the hazard
+ * as it misnames the record. Keeping the kernel's copies (struct filename.name) from the submission would
+ * close it. */
 #define T_URING_HAZARD 0
 #define UH_JUDGE 1                /* f->in.pad, what is left to do: rename, link: which names to record */
 #define UH_DST 2                  /* record the destination (a2, a3) */
