@@ -105,10 +105,10 @@ static __always_inline int path_unseen(u64 req, u8 op);
  * same way (file_sensor.c: rename_judge, unlink_exit, TAIL(hazard)): a rename or an rmdir bumps the
  * discarder epoch, a new symlink, or a symlink (or a directory holding one) renamed or linked to a new name,
  * is recorded as a hazard. Done in the kernel where the result is known (at completion), before the CQE is
- * published: a submitter that waits for it is judged with them (userspace would be too late). The hazards run in a tail call of their own
- * (two lexical paths, trie lookups and the loop of hazard_add() on top of the record's building would strain
- * io_uring_complete's budget); uring_sensor.c has its own program array and tail, so it does not depend on
- * the file sensor being loaded.
+ * published: a submitter that waits for it is judged with them (userspace would be too late). The hazards
+ * run in a tail call of their own (two lexical paths, trie lookups and the loop of hazard_add() on top of
+ * the record's building would strain io_uring_complete's budget); uring_sensor.c has its own program array
+ * and tail, so it does not depend on the file sensor being loaded.
  *
  * The completion runs in the submitter, an io-wq worker or the SQPOLL thread of the submitting process (or
  * a worker of that thread): io_uring creates them with CLONE_VM | CLONE_FS | CLONE_FILES and the parent's
