@@ -13,7 +13,10 @@
  *    (submitted before the collector started, or its entry evicted) is reported from the fd alone.
  *  - unlinkat, renameat, mkdirat, symlinkat, linkat: like opens (kept at submission, reported at
  *    completion), with the caller's strings and their base directories, resolved in userspace like the
- *    syscalls' (RK_URING_PATH).
+ *    syscalls' (RK_URING_PATH). They also keep the filter's epochs and hazards as their syscalls do
+ *    (filter.h): a successful renameat or rmdir bumps the discarder epoch, a symlinkat records the new link
+ *    as a hazard, a renameat or linkat carries a symlink's hazard to its new name (tail__uring_hazard).
+ *    One that will post no completion (IOSQE_CQE_SKIP_SUCCESS) does it at submission, assuming the worst.
  *  - read/write family: reported at submission, because a request with IOSQE_CQE_SKIP_SUCCESS never
  *    posts a completion: the file comes from the fd table (or the registered files) at that moment.
  *    Only regular files; the first read and the first write of each open file (uring_seen, per struct
@@ -94,6 +97,127 @@ BPF_TABLE("lru_hash", u64, struct uring_seen_v, uring_seen, 16384);
 #define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
 
 static __always_inline int path_record(struct uring_pending *p, s64 res, u32 stage);
+static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res);
+static __always_inline int path_unseen(u64 req, u8 op);
+
+/* ------------------------------------------------------------------ the filter's epochs and hazards */
+/* A path operation changes the namespace exactly like its syscall, so it keeps in-kernel filtering sound the
+ * same way (file_sensor.c: rename_judge, unlink_exit, TAIL(hazard)): a rename or an rmdir bumps the
+ * discarder epoch, a new symlink, or a symlink (or a directory holding one) renamed or linked to a new name,
+ * is recorded as a hazard. Done in the kernel where the result is known (at completion), before the CQE is
+ * published: a submitter that waits for it is judged with them (userspace would be too late). The hazards
+ * run in a tail call of their own (two lexical paths, trie lookups and the loop of hazard_add() on top of
+ * the record's building would strain io_uring_complete's budget); uring_sensor.c has its own program array
+ * and tail, so it does not depend on the file sensor being loaded.
+ *
+ * The completion runs in the submitter, an io-wq worker or the SQPOLL thread of the submitting process (or
+ * a worker of that thread): io_uring creates them with CLONE_VM | CLONE_FS | CLONE_FILES and the parent's
+ * namespaces, so the current task's memory holds the user strings, its fs_struct resolves a relative path
+ * against the submitter's cwd and root, its fd table holds the dirfd, and its mount namespace is the
+ * submitter's: key_string() works there as at a sys_exit. Where something cannot be placed the
+ * conservative route is taken: hazards_full() (every path string goes to userspace). Not covered: the
+ * strings are read at completion, like path_record()'s, and io_uring lets a caller reuse their memory once
+ * the request is submitted (the kernel has its own copy): a name rewritten by then misplaces the hazard
+ * as it misnames the record. Keeping the kernel's copies (struct filename.name) from the submission would
+ * close it. */
+#define T_URING_HAZARD 0
+#define UH_JUDGE 1                /* f->in.pad, what is left to do: rename, link: which names to record */
+#define UH_DST 2                  /* record the destination (a2, a3) */
+#define UH_SRC 4                  /* record the first name (a0, a1) */
+#define UH_MUST 8                 /* ... and if it cannot be placed, trust no path string (a new symlink) */
+#define AT_REMOVEDIR_U 0x200
+#define RENAME_EXCHANGE_U 2
+BPF_PROG_ARRAY(uring_tails, 1);
+
+/* f->kind: the IORING_OP_*; f->in: a0 dirfd + a1 string of the first name (symlinkat: the link), a2 + a3
+ * of the second (rename: the destination, link: the new link), a4 the flags, pad the steps left. One step
+ * per call, then the tail calls itself for the next: each step alone is a small program for the verifier
+ * (the lookups of two names and two hazard_add() loops in one program, with every combination of outcomes
+ * explored, exceed its budget). */
+int tail__uring_hazard(void *ctx)
+{
+    struct scratch *s = scratch_get();
+    struct fstate *f = fstate_get();
+    if (!s || !f)
+        return 0;
+    u64 task = bpf_get_current_task();
+    u32 op = f->kind;
+    struct inflight in;
+    __builtin_memcpy(&in, &f->in, sizeof(in));
+    filter_begin(f);
+    u32 todo = in.pad;
+    u32 next;
+    if (todo & UH_JUDGE) {
+        /* rename, link: what was at the source (a symlink, under one, above one) is at the destination now
+         * (a source we cannot place may be one). With RENAME_EXCHANGE what was at the destination is at
+         * the source too. The steps go through map memory: the verifier then explores the rest once. */
+        next = 0;
+        if (key_string(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, 0) < 0 || hazard_related(f, task))
+            next = UH_DST;
+        *(volatile u32 *)&f->in.pad = next;
+        if (op == IOP_RENAMEAT && (in.a[4] & RENAME_EXCHANGE_U)
+            && (key_string(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, 0) < 0
+                || hazard_related(f, task)))
+            *(volatile u32 *)&f->in.pad |= UH_SRC;
+    } else if (todo & UH_DST) {
+        if (key_string(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
+            hazard_add(f, task);
+        *(volatile u32 *)&f->in.pad = todo & ~UH_DST;
+    } else if (todo & UH_SRC) {
+        if (key_string(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, 0) >= 0)
+            hazard_add(f, task);
+        else if (todo & UH_MUST)
+            hazards_full();                           /* a symlink we cannot place: trust no path string */
+        *(volatile u32 *)&f->in.pad = 0;
+    } else {
+        return 0;
+    }
+    if (!*(volatile u32 *)&f->in.pad)
+        return 0;
+    uring_tails.call(ctx, T_URING_HAZARD);
+    hazards_full();                                   /* the chain was cut short: what is left cannot be placed */
+    return 0;
+}
+
+/* The discarder epochs, before the record is emitted (as rename_judge, unlink_exit): a directory moved; or
+ * a file or directory went, and its dentry and inode may come back as another (the removal epoch). */
+static __always_inline void path_epoch(u32 op)
+{
+    if (op == IOP_RENAMEAT)
+        bump_epoch();
+    else if (op == IOP_UNLINKAT)
+        ps_bump(PS_REPOCH);
+}
+
+/* The hazards of a successful renameat, symlinkat or linkat, in the tail call. Last thing a program does: a
+ * tail call that works does not return. Blind: at the submission of one that will post no completion, which
+ * would say neither whether its source was a symlink nor when it moved: assume it was. */
+static __always_inline void path_hazards(void *ctx, struct uring_pending *p, int blind)
+{
+    if (p->op != IOP_RENAMEAT && p->op != IOP_SYMLINKAT && p->op != IOP_LINKAT)
+        return;
+    struct fstate *f = fstate_get();
+    if (f) {
+        __builtin_memset(&f->in, 0, sizeof(f->in));
+        if (p->op == IOP_SYMLINKAT) {             /* uptr is the link's text; the link is the second name */
+            f->in.a[0] = (u64)(s64)p->dfd2;
+            f->in.a[1] = p->uptr2;
+            f->in.pad = UH_SRC | UH_MUST;
+        } else {
+            f->in.a[0] = (u64)(s64)p->dfd;
+            f->in.a[1] = p->uptr;
+            f->in.a[2] = (u64)(s64)p->dfd2;
+            f->in.a[3] = p->uptr2;
+            f->in.a[4] = p->flags;
+            f->in.pad = UH_JUDGE;
+            if (blind)
+                f->in.pad = UH_DST | (p->op == IOP_RENAMEAT && (p->flags & RENAME_EXCHANGE_U) ? UH_SRC : 0);
+        }
+        f->kind = p->op;
+        uring_tails.call(ctx, T_URING_HAZARD);
+    }
+    hazards_full();                                   /* no tail program (not loaded): nothing can be placed */
+}
 
 /* A registered file of the request's ring: ctx->file_table.data.nodes[idx]->file_ptr. */
 static __always_inline u64 uring_fixed_file(u64 req, u32 idx)
@@ -183,7 +307,7 @@ static __always_inline int open_submit(u64 req, u8 op, u64 rflags, u64 user_data
     return open_record(&p, 0, URS_SUBMIT, req);
 }
 
-static __always_inline int open_complete(u64 req, s64 res)
+static __always_inline int open_complete(void *ctx, u64 req, s64 res)
 {
     struct uring_pending p;
     struct uring_pending *in = uring_pending.lookup(&req);
@@ -191,11 +315,13 @@ static __always_inline int open_complete(u64 req, s64 res)
         __builtin_memcpy(&p, in, sizeof(p));
         uring_pending.delete(&req);
         if (!p.sc)
-            return path_record(&p, res, URS_COMPLETE);
+            return path_complete(ctx, &p, res);
         return open_record(&p, res, URS_COMPLETE, req);
     }
     u8 op = 0;
     bpf_probe_read_kernel(&op, 1, (void *)(req + O_IO_KIOCB_OPCODE));
+    if (res == 0 && (op == IOP_RENAMEAT || op == IOP_SYMLINKAT || op == IOP_LINKAT || op == IOP_UNLINKAT))
+        return path_unseen(req, op);
     if (op != IOP_OPENAT && op != IOP_OPENAT2)
         return 0;
     if (drop_ignored(RK_URING_OPEN))
@@ -238,7 +364,30 @@ static __always_inline int path_record(struct uring_pending *p, s64 res, u32 sta
     return 0;
 }
 
-static __always_inline int path_submit(u64 req, u8 op, u64 rflags, u64 user_data)
+static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res)
+{
+    if (res == 0)
+        path_epoch(p->op);
+    path_record(p, res, URS_COMPLETE);
+    if (res == 0)
+        path_hazards(ctx, p, 0);
+    return 0;
+}
+
+/* A successful path operation whose submission was not kept (submitted before the collector started, its
+ * entry evicted): the epochs still can be bumped, but its names are gone (the
+ * kernel freed its copies, the user pointers were in the entry): no hazard can be placed. */
+static __always_inline int path_unseen(u64 req, u8 op)
+{
+    if (ignored(bpf_get_current_pid_tgid() >> 32))
+        return 0;                                     /* as the syscall hooks: an ignored caller changes nothing */
+    path_epoch(op);
+    if (op != IOP_UNLINKAT)
+        hazards_full();
+    return 0;
+}
+
+static __always_inline int path_submit(void *ctx, u64 req, u8 op, u64 rflags, u64 user_data)
 {
     struct uring_pending p = {};
     u64 o = req + O_IO_KIOCB_CMD;
@@ -268,7 +417,14 @@ static __always_inline int path_submit(u64 req, u8 op, u64 rflags, u64 user_data
     }
     if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_)) && uring_pending.update(&req, &p) == 0)
         return 0;
-    return path_record(&p, 0, URS_SUBMIT);
+    /* No completion will come when it succeeds (IOSQE_CQE_SKIP_SUCCESS), nor will it say when it ran: the
+     * epoch now (a discarder learned between this and the operation itself survives it: the one gap left),
+     * the hazards now, assuming the worst (a hazard recorded early is only a path string sent to userspace).
+     * (Not kept for another reason: its completion finds no entry, path_unseen.) */
+    path_epoch(op);
+    path_record(&p, 0, URS_SUBMIT);
+    path_hazards(ctx, &p, 1);
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------------- read, write */
@@ -343,7 +499,7 @@ TP(io_uring, io_uring_submit_req)
         if (drop_ignored(RK_URING_PATH))
             return 0;
         tally(RK_URING_PATH, C_SEEN);
-        return path_submit(req, op, args->flags, args->user_data);
+        return path_submit(args, req, op, args->flags, args->user_data);
     }
     return 0;
 }
@@ -353,5 +509,5 @@ TP(io_uring, io_uring_complete)
     u64 req = (u64)args->req;
     if (!req)
         return 0;         /* an auxiliary CQE (multishot, msg_ring...): no request behind it */
-    return open_complete(req, args->res);
+    return open_complete(args, req, args->res);
 }

@@ -3,6 +3,7 @@ compiled here with gcc) never reach the syscall tracepoints; they must still giv
 events with true paths, results and flags."""
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shutil
@@ -12,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from fimstream.collector import records as R
+from fimstream.collector.policy import HF_UNSURE, PS_HAZARDS_FULL, PS_REPOCH
 
-from .conftest import root_only
+from .conftest import b, root_only, under
+from .filtering import filtering  # noqa: F401 - the fixture
+from .test_filter import _chmod_of_watched_f, unlink_str
 
 pytestmark = root_only
 
@@ -179,3 +183,175 @@ def test_counters(capture, uring_ops, tmp_path):
     assert d_open["emitted"] >= 1 and d_open["lost"] == 0
     assert d_rw["emitted"] >= 1 and d_rw["discarded"] >= 2  # the repeated writes, dropped in the kernel
     assert d_rw["seen"] == d_rw["filtered"] + d_rw["discarded"] + d_rw["emitted"] + d_rw["lost"]
+
+
+# ------------------------------------------------------------------------------- in-kernel filtering
+# Path operations done through io_uring change the namespace like their syscalls: a rename must end the
+# discarders learned below the moved directory, a new symlink (or one renamed or linked to a new name) must
+# become a hazard, so path strings through it are not judged lexically in the kernel. The operations run
+# through the driver; the probes are the test's own syscalls.
+MODES = [None, "URING_ASYNC", "URING_SQPOLL"]  # the submitter, io-wq workers, the SQ polling thread
+
+
+def placed(filtering) -> bool:
+    """No hazard was given up on: with PS_HAZARDS_FULL set every path string would reach userspace, and the
+    tests below would pass without the hazards they are about."""
+    return filtering.collector.program.bpf[b"pstate"][ctypes.c_int(PS_HAZARDS_FULL)].value == 0
+
+
+def uring_do(uring_ops, *steps, cwd=None, mode=None) -> list[int]:
+    """Run the driver outside any capture; its results in step order."""
+    out = subprocess.run([uring_ops, *steps], capture_output=True, check=True, cwd=cwd,
+                         env=dict(os.environ, **({mode: "1"} if mode else {})))
+    return [int(v) for v in out.stdout.decode().split()[1::2]]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_io_uring_rename_of_an_ancestor_invalidates_kernel_discarders(filtering, capture, uring_ops, d, mode):
+    leaf = d / "a" / "b" / "plain"
+    leaf.mkdir(parents=True)
+    (d / "watched").mkdir()
+    for i in range(50):
+        (leaf / f"f{i}").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/watched/**"\n')
+    before = filtering.counters()
+
+    def opens():
+        for i in range(50):
+            os.close(os.open(leaf / f"f{i}", os.O_RDONLY))
+
+    assert under(capture(opens), "open", d) == []
+    assert filtering.delta(filtering.counters(), before)["open"]["discarded"] >= 45  # plain/ learned
+    # b/ and plain/ keep their dentries, parents and names: only the epoch says their paths changed
+    assert uring_do(uring_ops, f"renameat,{d}/a,{d}/watched/a", mode=mode) == [0]
+    moved = d / "watched" / "a" / "b" / "plain"
+    events = under(capture(lambda: os.close(os.open(moved / "f0", os.O_RDONLY))), "open", d)
+    assert [e.file.path for e in events] == [b(moved / "f0")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_path_strings_through_io_uring_symlinks_reach_userspace(filtering, capture, uring_ops, d, mode):
+    (d / "watched").mkdir()
+    (d / "other").mkdir()
+    for i in range(4):
+        (d / "watched" / f"f{i}").write_bytes(b"")
+    (d / "other" / "o").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path =~ "{d}/watched/**" || '
+                  f'open.file.path =~ "{d}/watched/**"\n')
+    # an absolute link path, and one relative to the cwd the completing thread shares with the submitter
+    assert uring_do(uring_ops, f"symlinkat,{d}/watched,{d}/lnk", f"symlinkat,{d}/watched,rel", cwd=d,
+                    mode=mode) == [0, 0]
+
+    def act():
+        unlink_str(d / "lnk" / "f0")
+        unlink_str(d / "rel" / "f1")
+        with pytest.raises(FileNotFoundError):
+            os.open(d / "lnk" / "nosuch", os.O_RDONLY)  # a failed open: a path string too
+        unlink_str(d / "watched" / "f2")  # plain and approved
+        unlink_str(d / "other" / "o")  # plain and not: filtered in the kernel
+
+    events = [e for e in capture(act) if e.type_name in ("unlink", "open") and e.file.path.startswith(b(d))]
+    got = [(e.type_name, e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in events]
+    assert got == [("unlink", b(d / "watched/f0"), True), ("unlink", b(d / "watched/f1"), True),
+                   ("open", b(d / "watched/nosuch"), True), ("unlink", b(d / "watched/f2"), False)]
+    assert placed(filtering)
+
+
+@pytest.mark.parametrize("mode", [None, "URING_ASYNC"])
+def test_a_symlink_renamed_or_linked_through_io_uring_keeps_its_hazard(filtering, capture, uring_ops, d, mode):
+    (d / "watched").mkdir()
+    (d / "dir").mkdir()
+    for i in range(4):
+        (d / "watched" / f"f{i}").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path =~ "{d}/watched/**"\n')
+    os.symlink(d / "watched", d / "l0")  # recorded by the syscall hooks: hazards where they are now
+    os.symlink(d / "watched", d / "dir" / "l")
+    os.symlink(d / "watched", d / "k0")
+    # linkat without AT_SYMLINK_FOLLOW: a second name of the symlink itself
+    assert uring_do(uring_ops, f"renameat,{d}/l0,{d}/l1", f"renameat,{d}/dir,{d}/dir2", f"linkat,{d}/k0,{d}/k1",
+                    mode=mode) == [0, 0, 0]
+
+    def act():
+        unlink_str(d / "l1" / "f0")
+        unlink_str(d / "dir2" / "l" / "f1")  # a directory holding one, renamed
+        unlink_str(d / "k1" / "f2")
+        unlink_str(d / "watched" / "f3")
+
+    got = [(e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in under(capture(act), "unlink", d)]
+    assert got == [(b(d / f"watched/f{i}"), i < 3) for i in range(4)]
+    assert placed(filtering)
+
+
+def test_an_io_uring_rename_exchange_carries_hazards_both_ways(filtering, capture, uring_ops, d):
+    """RENAME_EXCHANGE swaps two names: a symlink at the destination is at the source afterwards."""
+    (d / "watched").mkdir()
+    (d / "plain").mkdir()
+    for i in range(2):
+        (d / "watched" / f"f{i}").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path =~ "{d}/watched/**"\n')
+    os.symlink(d / "watched", d / "s")  # a hazard; plain/ is not
+    assert uring_do(uring_ops, f"renameat,{d}/plain,{d}/s,2") == [0]  # plain/ -> s, s -> plain
+    assert os.path.islink(d / "plain")
+    got = [(e.file.path, bool(e.hdr[1] & HF_UNSURE))
+           for e in under(capture(lambda: unlink_str(d / "plain" / "f0")), "unlink", d)]
+    assert got == [(b(d / "watched/f0"), True)]
+    assert placed(filtering)
+
+
+def test_io_uring_path_operations_that_post_no_completion_are_judged_at_submission(filtering, capture, uring_ops,
+                                                                                    d):
+    """IOSQE_CQE_SKIP_SUCCESS: a success fires no io_uring_complete. The epoch and the hazards are kept at
+    submission instead, assuming the worst."""
+    leaf = d / "a" / "b" / "plain"
+    leaf.mkdir(parents=True)
+    (d / "watched").mkdir()
+    for i in range(20):
+        (leaf / f"f{i}").write_bytes(b"")
+    for i in range(2):
+        (d / "watched" / f"f{i}").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/watched/**" || '
+                  f'unlink.file.path =~ "{d}/watched/**"\n')
+    before = filtering.counters()
+    capture(lambda: [os.close(os.open(leaf / f"f{i}", os.O_RDONLY)) for i in range(20)])
+    assert filtering.delta(filtering.counters(), before)["open"]["discarded"] >= 15  # plain/ learned
+    os.symlink(d / "watched", d / "l0")
+    no_cqe = 1 << 30
+    assert uring_do(uring_ops, f"renameat,{d}/a,{d}/watched/a", f"symlinkat,{d}/watched,{d}/lnk",
+                    f"renameat,{d}/l0,{d}/l1", mode="URING_SKIP") == [no_cqe] * 3
+    assert os.path.islink(d / "lnk") and os.path.islink(d / "l1") and (d / "watched" / "a").is_dir()
+    moved = d / "watched" / "a" / "b" / "plain"
+
+    def act():
+        os.close(os.open(moved / "f0", os.O_RDONLY))
+        unlink_str(d / "lnk" / "f0")
+        unlink_str(d / "l1" / "f1")
+
+    events = [e for e in capture(act) if e.type_name in ("open", "unlink") and e.file.path.startswith(b(d))]
+    assert [(e.type_name, e.file.path) for e in events] == [
+        ("open", b(moved / "f0")), ("unlink", b(d / "watched/f0")), ("unlink", b(d / "watched/f1"))]
+    assert placed(filtering)
+
+
+def test_a_lexical_discarder_is_stale_once_an_io_uring_symlink_appears_in_its_directory(filtering, capture,
+                                                                                          uring_ops, d):
+    _chmod_of_watched_f(filtering, d)
+    before = filtering.counters()
+    capture(lambda: [os.chmod(d / "other" / "x", 0o600) for _ in range(3)])  # filtered, then discarded
+    assert filtering.delta(filtering.counters(), before)["chmod"]["discarded"] >= 2  # other/ learned
+    assert uring_do(uring_ops, f"symlinkat,{d}/watched/f,{d}/other/lnk") == [0]
+    events = under(capture(lambda: os.chmod(d / "other" / "lnk", 0o640)), "chmod", d)  # follows the link
+    assert [(e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in events] == [(b(d / "watched/f"), True)]
+    assert placed(filtering)
+
+
+def test_io_uring_removals_bump_the_removal_epoch(filtering, uring_ops, d):
+    """Like unlink(2) and rmdir(2): a file's or directory's dentry and inode may come back as another (the
+    discarders of filesystems without inode generations end there). (Other processes' removals bump it
+    too: the count is a lower bound.)"""
+    pstate = filtering.collector.program.bpf[b"pstate"]
+    steps = [f"mkdirat,{d}/x{i},0700" for i in range(30)] + [f"unlinkat,{d}/x{i},0x200" for i in range(30)]
+    (d / "f").write_bytes(b"")
+    steps.append(f"unlinkat,{d}/f")
+    before = pstate[ctypes.c_int(PS_REPOCH)].value
+    assert uring_do(uring_ops, *steps) == [0] * 61
+    assert pstate[ctypes.c_int(PS_REPOCH)].value - before >= 31

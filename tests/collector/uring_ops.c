@@ -13,7 +13,8 @@
  *     sparse,N                                register N empty fixed-file slots
  *   FD may be $K: the result of step K (counted from 0).
  * Environment: URING_SQPOLL=1 submits through a kernel SQ polling thread (no syscall per request),
- * URING_ASYNC=1 sets IOSQE_ASYNC on every request (run by io-wq worker threads).
+ * URING_ASYNC=1 sets IOSQE_ASYNC on every request (run by io-wq worker threads), URING_SKIP=1 sets
+ * IOSQE_CQE_SKIP_SUCCESS on every request (a success posts no CQE: its result prints as 1 << 30).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -32,7 +33,7 @@
 
 static int ring_fd;
 static unsigned *sq_tail, *sq_mask, *sq_array, *sq_flags, *cq_head, *cq_tail, *cq_mask;
-static int sqpoll, async_all;
+static int sqpoll, async_all, skip_all;
 static struct io_uring_sqe *sqes;
 static struct io_uring_cqe *cqes;
 static long results[64];
@@ -77,6 +78,7 @@ static void setup(void)
 static long submit(struct io_uring_sqe *proto, int skip)
 {
     unsigned tail = *sq_tail, idx = tail & *sq_mask;
+    skip |= skip_all;
     sqes[idx] = *proto;
     sqes[idx].user_data = 0x5eed0000 + tail;
     if (skip)
@@ -95,6 +97,8 @@ static long submit(struct io_uring_sqe *proto, int skip)
             usleep(100000);  /* no CQE to wait for: give the poller time to take it */
     } else if (syscall(__NR_io_uring_enter, ring_fd, 1, skip ? 0 : 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) {
         die("io_uring_enter");
+    } else if (skip && skip_all) {
+        usleep(100000);   /* an operation punted to io-wq may still be running: let it finish */
     }
     unsigned head = *cq_head;
     if (head == __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE))
@@ -114,6 +118,7 @@ int main(int argc, char **argv)
     static char buf[64];
     sqpoll = getenv("URING_SQPOLL") && atoi(getenv("URING_SQPOLL"));
     async_all = getenv("URING_ASYNC") && atoi(getenv("URING_ASYNC"));
+    skip_all = getenv("URING_SKIP") && atoi(getenv("URING_SKIP"));
     setup();
     for (int i = 1; i < argc && i < 64; i++) {
         char *save, *op = strtok_r(argv[i], ",", &save), *a[6] = {0};
