@@ -99,6 +99,10 @@ struct fileop2_body {     /* RK_LINK, RK_SYMLINK, RK_MOUNT (mount, move_mount) *
  * own filtering would exceed its budget). The event's arguments travel in fstate. */
 #define TAIL(name) int tail__##name(void *ctx)
 #define T_HAZARD 0
+#define T_HAZARD_ADD 1
+#define HZ_DST 1                  /* f->in.pad, the names left to record: the destination (a2, a3) */
+#define HZ_SRC 2                  /* the source (a0, a1) */
+#define RENAME_EXCHANGE_ 2
 BPF_PROG_ARRAY(file_tails, 4);
 
 static __always_inline void hazards_after(void *ctx, struct fstate *f, struct inflight *in, u32 kind)
@@ -129,10 +133,51 @@ TAIL(hazard)
         if (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
             hazard_add(f, task);
     } else {                                          /* rename, link: a symlink reached under a new name */
+        /* what was at the source (a symlink, under one, above one; or a name we cannot place) is at the
+         * destination now; with RENAME_EXCHANGE what was at the destination is at the source too. Decided
+         * before either is recorded, then recorded one per call (two hazard_add loops in one program
+         * exceed the verifier's budget). */
+        u32 todo = 0;
         if (key_string(s, f, kind, SLOT_FILE, in.a[0], in.a[1], task, 0) < 0 || hazard_related(f, task))
-            if (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
-                hazard_add(f, task);
+            todo = HZ_DST;
+        *(volatile u32 *)&f->in.pad = todo;
+        if (kind == RK_RENAME && (in.a[4] & RENAME_EXCHANGE_)
+            && (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) < 0 || hazard_related(f, task)))
+            *(volatile u32 *)&f->in.pad |= HZ_SRC;
+        if (*(volatile u32 *)&f->in.pad) {
+            file_tails.call(ctx, T_HAZARD_ADD);
+            hazards_full();                           /* the tail call failed: trust no path string */
+        }
     }
+    return 0;
+}
+
+/* Record the names hazard() decided on (f->in.pad), one per call. */
+TAIL(hazard_add)
+{
+    struct scratch *s = scratch_get();
+    struct fstate *f = fstate_get();
+    if (!s || !f)
+        return 0;
+    u64 task = bpf_get_current_task();
+    u32 kind = f->kind;
+    struct inflight in;
+    __builtin_memcpy(&in, &f->in, sizeof(in));
+    filter_begin(f);
+    u32 todo = in.pad;
+    if (todo & HZ_DST) {
+        if (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
+            hazard_add(f, task);
+        *(volatile u32 *)&f->in.pad = todo & ~HZ_DST;
+    } else if (todo & HZ_SRC) {
+        if (key_string(s, f, kind, SLOT_FILE, in.a[0], in.a[1], task, 0) >= 0)
+            hazard_add(f, task);
+        *(volatile u32 *)&f->in.pad = 0;
+    }
+    if (!*(volatile u32 *)&f->in.pad)
+        return 0;
+    file_tails.call(ctx, T_HAZARD_ADD);
+    hazards_full();
     return 0;
 }
 

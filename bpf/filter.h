@@ -22,9 +22,10 @@
  * parent's inode pointer, own parent and name, and its inode's i_ino and i_generation (a dentry freed and
  * reused for another directory, even with the same name length in the same place and the same inode
  * memory, does not match: its new inode has another generation), and valid for one epoch: the kernel bumps
- * it on rename, mount, umount, move_mount; userspace on every policy change. An unlink or rmdir bumps a
- * removal epoch instead, which only ends entries whose inode has no generation number (0): a build that
- * removes its temporary directories no longer sends every directory back to a walk.
+ * it on rename (syscall or io_uring), mount, umount, move_mount; userspace on every policy change. An
+ * unlink or rmdir (syscall or io_uring) bumps a removal epoch instead, which only ends entries whose inode
+ * has no generation number (0): a build that removes its temporary directories no longer sends every
+ * directory back to a walk.
  * Bits per event type: `u` learned by userspace (RuleSet.can_discard: no rule can match anything under
  * the directory), `r` and `f` learned here after a walk (no path/prefix approver can accept a child of
  * the directory: `r` for events whose flags leave only the "any flags" approvers, `f` for all events).

@@ -36,7 +36,8 @@ _BODY = R.HEADER_SIZE
 _OPEN_REC = struct.Struct("<" + R.HEADER.format[1:] + R.OPEN_BODY.format[1:] + R.FILE_INFO.format[1:]).unpack_from
 _OPEN_FI = R.HEADER_SIZE + R.OPEN_BODY.size
 _SC_NAMES = R.SYSCALL_NAMES
-TAILS = ("tail__hazard",)  # bpf/file_sensor.c's tail-called programs, in file_tails order (T_HAZARD = 0)
+# bpf/file_sensor.c's tail-called programs, in file_tails order (T_HAZARD = 0, T_HAZARD_ADD = 1)
+TAILS = ("tail__hazard", "tail__hazard_add")
 
 
 class SlotReader:

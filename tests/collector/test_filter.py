@@ -363,6 +363,28 @@ def test_path_strings_through_symlinks_or_dots_reach_userspace(filtering, captur
     assert got == [(b(d / f"watched/f{i}"), i < 5) for i in range(6)]
 
 
+SYS_renameat2, AT_FDCWD, RENAME_EXCHANGE = 316, -100, 2
+
+
+def test_a_symlink_exchanged_into_place_is_a_hazard_at_both_names(filtering, capture, d):
+    """renameat2(RENAME_EXCHANGE) of a plain directory and a symlink: the symlink is now at the plain
+    directory's name, so path strings through that name go to userspace too."""
+    (d / "watched").mkdir()
+    (d / "plain").mkdir()
+    for i in range(2):
+        (d / "watched" / f"f{i}").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path =~ "{d}/watched/**"\n')
+
+    def act():
+        os.symlink(d / "watched", d / "s")
+        assert syscall(SYS_renameat2, AT_FDCWD, ctypes.c_char_p(b(d / "plain")), AT_FDCWD,
+                       ctypes.c_char_p(b(d / "s")), RENAME_EXCHANGE) == 0
+        unlink_str(d / "plain" / "f0")  # through the symlink, now named plain
+
+    events = under(capture(act), "unlink", d)
+    assert [(e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in events] == [(b(d / "watched/f0"), True)]
+
+
 def test_a_dot_dot_in_the_last_word_of_a_path_string_is_seen(filtering, capture, d):
     """The kernel's scan for "."/".." stops at the word holding the NUL: a ".." in that word, at every
     offset within it, must still send the string to userspace, which resolves it onto the watched file."""
