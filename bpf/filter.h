@@ -655,6 +655,8 @@ static __always_inline int fd_lookups(struct fstate *f, struct fpol *p, u32 kind
     int restricted = known && (flags & p->masked) == 0;
     if (discarded(f, kind, restricted))
         return V_DISCARDED;
+    if (!known)                                       /* most opens missed here only for want of their flags */
+        return V_CONTINUE;                            /* (an `r` entry): not worth a second miss */
     f->dk.dentry = f->dentry | DK_FILE;              /* the file's own entry (file_learn) */
     int hit = discarded(f, kind, restricted);
     f->dk.dentry = f->parent;
