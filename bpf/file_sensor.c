@@ -114,15 +114,8 @@ static __always_inline void hazards_after(void *ctx, struct fstate *f, struct in
 
 TAIL(hazard)
 {
-    struct scratch *s = scratch_get();
-    struct fstate *f = fstate_get();
-    if (!s || !f)
-        return 0;
-    u64 task = bpf_get_current_task();
+    TAIL_STATE(s, f, task, in);
     u32 kind = f->kind;
-    struct inflight in;
-    __builtin_memcpy(&in, &f->in, sizeof(in));
-    filter_begin(f);
     if (kind == RK_SYMLINK) {                         /* the new link: a path through it may lead anywhere */
         if (key_string(s, f, kind, SLOT_FILE, in.a[0], in.a[1], task, 0) >= 0) {
             hazard_add(f, task);
@@ -155,15 +148,8 @@ TAIL(hazard)
 /* Record the names hazard() decided on (f->in.pad), one per call. */
 TAIL(hazard_add)
 {
-    struct scratch *s = scratch_get();
-    struct fstate *f = fstate_get();
-    if (!s || !f)
-        return 0;
-    u64 task = bpf_get_current_task();
+    TAIL_STATE(s, f, task, in);
     u32 kind = f->kind;
-    struct inflight in;
-    __builtin_memcpy(&in, &f->in, sizeof(in));
-    filter_begin(f);
     u32 todo = in.pad;
     if (todo & HZ_DST) {
         if (key_string(s, f, kind, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)

@@ -1017,6 +1017,18 @@ static __always_inline int str_verdict(struct scratch *s, struct fstate *f, stru
 }
 
 /* --------------------------------------------------------------------------------------- hazards */
+/* The start of a tail-called program that goes on with an event's hazards: scratch and filter state, the
+ * task, and the arguments the caller left in f->in (f->kind says whose). */
+#define TAIL_STATE(s, f, task, in)                                                                         \
+    struct scratch *s = scratch_get();                                                                     \
+    struct fstate *f = fstate_get();                                                                       \
+    if (!s || !f)                                                                                          \
+        return 0;                                                                                          \
+    u64 task = bpf_get_current_task();                                                                     \
+    struct inflight in;                                                                                    \
+    __builtin_memcpy(&in, &f->in, sizeof(in));                                                             \
+    filter_begin(f)
+
 /* Is the lexical path now in f->k (built by key_string) a symlink, under one, or above one? */
 static __always_inline int hazard_related_(struct fstate *f, u64 task)
 {

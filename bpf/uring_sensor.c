@@ -136,15 +136,8 @@ BPF_PROG_ARRAY(uring_tails, 1);
  * explored, exceed its budget). */
 int tail__uring_hazard(void *ctx)
 {
-    struct scratch *s = scratch_get();
-    struct fstate *f = fstate_get();
-    if (!s || !f)
-        return 0;
-    u64 task = bpf_get_current_task();
+    TAIL_STATE(s, f, task, in);
     u32 op = f->kind;
-    struct inflight in;
-    __builtin_memcpy(&in, &f->in, sizeof(in));
-    filter_begin(f);
     u32 todo = in.pad;
     u32 next;
     if (todo & UH_JUDGE) {

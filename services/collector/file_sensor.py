@@ -36,8 +36,6 @@ _BODY = R.HEADER_SIZE
 _OPEN_REC = struct.Struct("<" + R.HEADER.format[1:] + R.OPEN_BODY.format[1:] + R.FILE_INFO.format[1:]).unpack_from
 _OPEN_FI = R.HEADER_SIZE + R.OPEN_BODY.size
 _SC_NAMES = R.SYSCALL_NAMES
-# bpf/file_sensor.c's tail-called programs, in file_tails order (T_HAZARD = 0, T_HAZARD_ADD = 1)
-TAILS = ("tail__hazard", "tail__hazard_add")
 
 
 class SlotReader:
@@ -76,6 +74,7 @@ def stat_into(f: FileRef, root: bytes | None, follow: bool) -> bool:
 class FileSensor(Sensor):
     name = "file"
     source = "file_sensor.c"
+    tails = ("file_tails", ("tail__hazard", "tail__hazard_add"))  # T_HAZARD = 0, T_HAZARD_ADD = 1
     needs = {"O_FILE_FLAGS": Need(("file", "f_flags"), 4)}
 
     def __init__(self, resolver: Resolver):
@@ -94,22 +93,6 @@ class FileSensor(Sensor):
     def _event(data, off: int, kind: int, etype: int, sc: int) -> Event:
         hdr = _HDR(data, off)
         return Event(kind, etype, R.SYSCALL_NAMES.get(sc, str(sc)), hdr, bytes(data[off + _SIG0:off + _SIG1]))
-
-    def load(self, bpf) -> None:
-        """The tail-called programs first (file_tails), then the hooks."""
-        import ctypes as ct
-
-        from bcc import BPF
-
-        from fimstream.collector.sensor import SensorError
-
-        try:
-            tails = bpf[b"file_tails"]
-            for index, fn in enumerate(TAILS):
-                tails[ct.c_int(index)] = ct.c_int(bpf.load_func(fn.encode(), BPF.TRACEPOINT).fd)
-        except Exception as e:
-            raise SensorError(f"sensor {self.name}: tail call program: {e}") from e
-        super().load(bpf)
 
     def decode_open(self, data, off: int, length: int) -> Event:
         # the hottest record: header, body and file slot in one unpack, the fd-based slot inline
@@ -186,7 +169,6 @@ class FileSensor(Sensor):
         ev.owner_gid = -1 if gid == 0xFFFFFFFF else gid
         ev.flags = flags
         return ev
-
 
     def decode_fileop(self, data, off: int, length: int) -> Event:
         """write (first per open), truncate, mkdir, mknod, setxattr, shared writable mmap, memfd_create,

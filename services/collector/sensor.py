@@ -53,6 +53,8 @@ class Sensor:
     source: str = ""  # file in bpf/
     decoders: dict[int, Callable] = {}  # record kind -> decode(data, off, length) -> Event | None
     needs: dict = {}  # O_* macro -> offsets.Need: members only this sensor reads (fimstream.h's are in NEEDS)
+    # tail-called programs: (the BPF_PROG_ARRAY's name, its programs in index order), loaded before the hooks
+    tails: tuple[str, tuple[str, ...]] | None = None
 
     def constants(self, btf) -> dict[str, int]:
         """Other -D macros this sensor's C needs from the running kernel (enum values...)."""
@@ -70,9 +72,19 @@ class Sensor:
         return hooks
 
     def load(self, bpf) -> None:
-        """Load and attach every program of this sensor; all or nothing."""
+        """Load and attach every program of this sensor; all or nothing. Its tail-called programs first."""
+        import ctypes as ct
+
         from bcc import BPF
 
+        if self.tails:
+            table, names = self.tails
+            try:
+                slots = bpf[table.encode()]
+                for index, fn in enumerate(names):
+                    slots[ct.c_int(index)] = ct.c_int(bpf.load_func(fn.encode(), BPF.TRACEPOINT).fd)
+            except Exception as e:
+                raise SensorError(f"sensor {self.name}: tail call program: {e}") from e
         try:
             for hook in self.hooks:
                 if hook.raw:

@@ -43,12 +43,12 @@ _HDR = R.HEADER.unpack_from
 _BODY = R.HEADER_SIZE
 _FI_SIZE = R.FILE_INFO.size
 _FILE_INDEX_ALLOC = 0xFFFFFFFF
-TAILS = ("tail__uring_hazard",)  # bpf/uring_sensor.c's tail-called programs, in uring_tails order
 
 
 class UringSensor(Sensor):
     name = "io_uring"
     source = "uring_sensor.c"
+    tails = ("uring_tails", ("tail__uring_hazard",))  # the filter's hazards after a path operation
     needs = {
         "O_IO_KIOCB_OPCODE": Need(("io_kiocb", "opcode"), 1),
         "O_IO_KIOCB_CTX": Need(("io_kiocb", "ctx"), 8),
@@ -97,23 +97,6 @@ class UringSensor(Sensor):
         out["REQ_F_FIXED_FILE_BIT_"] = btf.enumerator("REQ_F_FIXED_FILE_BIT")
         out["REQ_F_CQE_SKIP_BIT_"] = btf.enumerator("REQ_F_CQE_SKIP_BIT")
         return out
-
-    def load(self, bpf) -> None:
-        """The tail-called program first (uring_tails: the filter's hazards after a path operation), then
-        the hooks."""
-        import ctypes as ct
-
-        from bcc import BPF
-
-        from fimstream.collector.sensor import SensorError
-
-        try:
-            tails = bpf[b"uring_tails"]
-            for index, fn in enumerate(TAILS):
-                tails[ct.c_int(index)] = ct.c_int(bpf.load_func(fn.encode(), BPF.TRACEPOINT).fd)
-        except Exception as e:
-            raise SensorError(f"sensor {self.name}: tail call program: {e}") from e
-        super().load(bpf)
 
     def decode_open(self, data, off: int, length: int) -> Event:
         hdr = _HDR(data, off)

@@ -17,7 +17,7 @@ from fimstream.collector.policy import HF_UNSURE, PS_HAZARDS_FULL, PS_REPOCH
 
 from .conftest import b, root_only, under
 from .filtering import filtering  # noqa: F401 - the fixture
-from .test_filter import _chmod_of_watched_f, unlink_str
+from .test_filter import _chmod_of_watched_f, learn_a_b_plain, unlink_str
 
 pytestmark = root_only
 
@@ -208,20 +208,7 @@ def uring_do(uring_ops, *steps, cwd=None, mode=None) -> list[int]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_an_io_uring_rename_of_an_ancestor_invalidates_kernel_discarders(filtering, capture, uring_ops, d, mode):
-    leaf = d / "a" / "b" / "plain"
-    leaf.mkdir(parents=True)
-    (d / "watched").mkdir()
-    for i in range(50):
-        (leaf / f"f{i}").write_bytes(b"")
-    filtering.use(f'rules:\n  - id: w\n    expression: open.file.path =~ "{d}/watched/**"\n')
-    before = filtering.counters()
-
-    def opens():
-        for i in range(50):
-            os.close(os.open(leaf / f"f{i}", os.O_RDONLY))
-
-    assert under(capture(opens), "open", d) == []
-    assert filtering.delta(filtering.counters(), before)["open"]["discarded"] >= 45  # plain/ learned
+    learn_a_b_plain(filtering, capture, d)
     # b/ and plain/ keep their dentries, parents and names: only the epoch says their paths changed
     assert uring_do(uring_ops, f"renameat,{d}/a,{d}/watched/a", mode=mode) == [0]
     moved = d / "watched" / "a" / "b" / "plain"
