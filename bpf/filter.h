@@ -24,8 +24,9 @@
  * memory, does not match: its new inode has another generation), and valid for one epoch: the kernel bumps
  * it on rename (syscall or io_uring), mount, umount, move_mount; userspace on every policy change. An
  * unlink or rmdir (syscall or io_uring) bumps a removal epoch instead, which only ends entries whose inode
- * has no generation number (0): a build that removes its temporary directories no longer sends every
- * directory back to a walk.
+ * could come back with the same number and generation (generation 0 on a filesystem that gives new inodes
+ * none: ramfs, overlayfs; see gen_stable): a build that removes its temporary files and directories no
+ * longer sends every directory back to a walk.
  * Bits per event type: `u` learned by userspace (RuleSet.can_discard: no rule can match anything under
  * the directory), `r` and `f` learned here after a walk (no path/prefix approver can accept a child of
  * the directory: `r` for events whose flags leave only the "any flags" approvers, `f` for all events).
@@ -134,10 +135,11 @@ struct dval {
     u64 parent;
     u64 name;
     u64 len;
-    u64 ino;                      /* and its inode is still the same one (i_ino, i_generation) */
+    u64 ino;                      /* and its inode is still the same one (i_sb, i_ino, i_generation) */
+    u64 sb;
     u32 igen;
-    u32 pad;
-    u64 repoch;                   /* removals seen when learned: only checked where i_generation is 0 */
+    u32 stable;                   /* a new inode of this filesystem never has this (ino, generation) */
+    u64 repoch;                   /* removals seen when learned: only checked where not stable */
     u64 ubits;                    /* per record kind: userspace-learned (rules) */
     u64 rbits;                    /* kernel-learned, events with no masked flags */
     u64 fbits;                    /* kernel-learned, every event */
@@ -174,7 +176,7 @@ struct fstate {                   /* per-CPU working state of one event's filter
     struct dval dv;
     struct file_info fi;          /* the fd-based file's identity */
     u64 p_inode, p_parent, p_name, p_len;   /* the keyed dentry (parent, or file): parent_window() */
-    u64 p_ino;
+    u64 p_ino, p_sb;
     u32 p_igen, pad4;
     u64 dentry, mnt, parent, name;
     u64 root_mnt, root_dentry, pwd_mnt, pwd_dentry;
@@ -183,6 +185,7 @@ struct fstate {                   /* per-CPU working state of one event's filter
     u64 repoch;                   /* removals (unlink, rmdir) so far */
     u32 gen, name_len, fmode, deleted;
     u32 walked, wflags, fs_read, lexical;   /* lexical: 0 unknown, 1 yes, 2 no */
+    u32 rhint, pad5;              /* the parent's entry holds for this event if its flags are unflagged */
     u32 key_end, last_slash, ns, pad;
     u32 v, kind;                  /* spilled through map memory: see forget() */
     u32 via_fd, pad3;             /* a path string that named one of the caller's fds (/proc/self/fd/N) */
@@ -248,6 +251,7 @@ static __always_inline void filter_begin(struct fstate *f)
     f->walked = 0;
     f->fs_read = 0;
     f->lexical = 0;
+    f->rhint = 0;
     f->via_fd = 0;
     f->dentry = 0;
     f->dk.dentry = 0;
@@ -477,13 +481,26 @@ static __always_inline void parent_window(struct fstate *f)
     f->p_len = DWIN32(w, W_DENTRY, O_DENTRY_NAME_LEN);
     f->p_ino = KRD64(W_INODE, f->p_inode, O_INODE_INO);
     f->p_igen = KRD32(W_INODE, f->p_inode, O_INODE_GENERATION);
+    f->p_sb = KRD64(W_INODE, f->p_inode, O_INODE_SB);
+}
+
+/* Filesystems whose new inodes always get a generation number (random, or counted from a random start),
+ * so an inode of generation 0 (made by mkfs -d or an image builder, as on this host's root) cannot come
+ * back as another: ext2/3/4, xfs, btrfs, tmpfs. Elsewhere (ramfs, overlayfs...) an entry of generation 0
+ * ends at the next removal. */
+static __always_inline u32 gen_stable(u64 sb, u32 igen)
+{
+    if (igen)
+        return 1;
+    u64 magic = KRD64(W_SB, sb, O_SB_MAGIC);
+    return magic == 0xEF53 || magic == 0x58465342 || magic == 0x9123683E || magic == 0x01021994;
 }
 
 static __always_inline int entry_current(struct fstate *f, struct dval *v)
 {
     return v->epoch == f->epoch && v->inode == f->p_inode && v->parent == f->p_parent && v->name == f->p_name
-        && v->len == f->p_len && v->ino == f->p_ino && v->igen == f->p_igen
-        && (v->igen || v->repoch == f->repoch);
+        && v->len == f->p_len && v->ino == f->p_ino && v->igen == f->p_igen && v->sb == f->p_sb
+        && (v->stable || v->repoch == f->repoch);
 }
 
 static __always_inline void dkey_fill(struct fstate *f)
@@ -515,10 +532,17 @@ static __always_inline int discarded(struct fstate *f, u32 kind, int restricted)
 {
     u32 slot = ((f->dk.dentry >> 6) * 0x9E3779B97F4A7C15ULL) >> 56;
     struct dhit *h = dhits.lookup(&slot);
-    if (h && dkey_eq(&h->dk, &f->dk) && drops(f, &h->dv, kind, restricted)) {
-        parent_window(f);
-        if (entry_current(f, &h->dv))
-            return 1;
+    if (h && dkey_eq(&h->dk, &f->dk)) {
+        if (drops(f, &h->dv, kind, restricted)) {
+            parent_window(f);
+            if (entry_current(f, &h->dv))
+                return 1;
+        } else if (restricted == 0 && drops(f, &h->dv, kind, 1)) {
+            parent_window(f);                         /* it holds for unflagged events: the flags decide */
+            f->rhint = entry_current(f, &h->dv);      /* (fd_lookups, once they are read), no LRU lookup */
+            if (f->rhint)
+                return 0;
+        }
     }
     struct dval *v = discarders.lookup(&f->dk);
     if (!v || !drops(f, v, kind, restricted))
@@ -541,8 +565,9 @@ static __always_inline void dval_fill(struct fstate *f, struct dval *v)
     v->name = f->p_name;
     v->len = f->p_len;
     v->ino = f->p_ino;
+    v->sb = f->p_sb;
     v->igen = f->p_igen;
-    v->pad = 0;
+    v->stable = gen_stable(f->p_sb, f->p_igen);
     v->repoch = f->repoch;
 }
 
@@ -640,7 +665,8 @@ static __always_inline int fd_lookups(struct fstate *f, struct fpol *p, u32 kind
         if (inode_ok(f, p, kind, SLOT_FILE, f->fi.ino, f->fi.dev, flags))
             return V_APPROVED;
     }
-    if ((p->has & HAS_NAME_F) && name_len_ok(p, SLOT_FILE, f->name_len)) {
+    if ((p->has & HAS_NAME_F) && name_len_ok(p, SLOT_FILE, f->name_len)
+        && name_first_ok(p, SLOT_FILE, (u8)KRDV64(f->name))) {   /* a name approver may take it */
         if (!known)
             return V_CONTINUE;
         if (kname_ok(f, p, kind, SLOT_FILE, f->name, flags))
@@ -653,7 +679,7 @@ static __always_inline int fd_lookups(struct fstate *f, struct fpol *p, u32 kind
     fs_read(f, task);
     dkey_fill(f);
     int restricted = known && (flags & p->masked) == 0;
-    if (discarded(f, kind, restricted))
+    if ((restricted && f->rhint) || discarded(f, kind, restricted))
         return V_DISCARDED;
     if (!known)                                       /* most opens missed here only for want of their flags */
         return V_CONTINUE;                            /* (an `r` entry): not worth a second miss */

@@ -89,6 +89,7 @@ NEEDS: dict[str, Need] = {
     "O_INODE_SB": Need(("inode", "i_sb"), 8),
     "O_INODE_GENERATION": Need(("inode", "i_generation"), 4),
     "O_SB_DEV": Need(("super_block", "s_dev"), 4),
+    "O_SB_MAGIC": Need(("super_block", "s_magic"), 8),
     "O_MM_EXE_FILE": Need(("mm_struct", "exe_file"), 8),
     "O_MM_ARG_START": Need(("mm_struct", "arg_start"), 8),
     "O_MM_ARG_END": Need(("mm_struct", "arg_end"), 8),

@@ -409,7 +409,7 @@ class KernelFilter:
         ct.memmove(ct.byref(dk), ct.byref(cand.dk), ct.sizeof(dk))
         try:
             cur = self.discarders[dk]
-            same = all(getattr(cur, f) == getattr(cand.dv, f) for f in ("epoch", "inode", "parent", "name", "len", "ino", "igen"))
+            same = all(getattr(cur, f) == getattr(cand.dv, f) for f in ("epoch", "inode", "parent", "name", "len", "ino", "sb", "igen"))
         except KeyError:
             same = False
         v = self.discarders.Leaf()
