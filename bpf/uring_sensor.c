@@ -14,8 +14,9 @@
  *  - unlinkat, renameat, mkdirat, symlinkat, linkat: like opens (kept at submission, reported at
  *    completion), with the caller's strings and their base directories, resolved in userspace like the
  *    syscalls' (RK_URING_PATH). They also keep the filter's epochs and hazards as their syscalls do
- *    (filter.h): a successful renameat or rmdir bumps the discarder epoch, a symlinkat records the new link
- *    as a hazard, a renameat or linkat carries a symlink's hazard to its new name (tail__uring_hazard).
+ *    (filter.h): a successful renameat bumps the discarder epoch and an unlinkat the removal epoch, a
+ *    symlinkat records the new link as a hazard, a renameat or linkat carries a symlink's hazard to its
+ *    new name (tail__uring_hazard).
  *    One that will post no completion (IOSQE_CQE_SKIP_SUCCESS) does it at submission, assuming the worst.
  *  - read/write family: reported at submission, because a request with IOSQE_CQE_SKIP_SUCCESS never
  *    posts a completion: the file comes from the fd table (or the registered files) at that moment.
@@ -102,8 +103,8 @@ static __always_inline int path_unseen(u64 req, u8 op);
 
 /* ------------------------------------------------------------------ the filter's epochs and hazards */
 /* A path operation changes the namespace exactly like its syscall, so it keeps in-kernel filtering sound the
- * same way (file_sensor.c: rename_judge, unlink_exit, TAIL(hazard)): a rename or an rmdir bumps the
- * discarder epoch, a new symlink, or a symlink (or a directory holding one) renamed or linked to a new name,
+ * same way (file_sensor.c: rename_judge, unlink_exit, TAIL(hazard)): a rename bumps the discarder epoch,
+ * an unlink or rmdir the removal epoch, a new symlink, or a symlink (or a directory holding one) renamed or linked to a new name,
  * is recorded as a hazard. Done in the kernel where the result is known (at completion), before the CQE is
  * published: a submitter that waits for it is judged with them (userspace would be too late). The hazards
  * run in a tail call of their own (two lexical paths, trie lookups and the loop of hazard_add() on top of
@@ -125,7 +126,6 @@ static __always_inline int path_unseen(u64 req, u8 op);
 #define UH_DST 2                  /* record the destination (a2, a3) */
 #define UH_SRC 4                  /* record the first name (a0, a1) */
 #define UH_MUST 8                 /* ... and if it cannot be placed, trust no path string (a new symlink) */
-#define AT_REMOVEDIR_U 0x200
 #define RENAME_EXCHANGE_U 2
 BPF_PROG_ARRAY(uring_tails, 1);
 
