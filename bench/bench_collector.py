@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import shutil
@@ -42,6 +43,7 @@ from fimstream.collector.collector import Collector
 from fimstream.collector.policy import KERNEL_KINDS
 from fimstream.collector.encoder import RawEncoder
 from fimstream.collector.publisher import EventSink, Publisher
+from fimstream.collector.sensor import unload_all
 from fimstream.config import Settings
 from fimstream.rules import load_rules
 from fimstream.schemas.codec import Codecs
@@ -139,12 +141,17 @@ class Harness:
         self.compressed_bytes = 0
         self.framed_events = 0
 
-    def attach(self, on: bool) -> None:
-        for s in self.collector.sensors:
-            if on and not s.loaded:
-                s.load(self.collector.program.bpf)
-            elif not on and s.loaded:
-                s.unload(self.collector.program.bpf)
+    def attach(self, on: bool) -> bool:
+        """Sensors attached or not; True when that changed something."""
+        bpf = self.collector.program.bpf
+        changed = any(s.loaded != on for s in self.collector.sensors)
+        if on:
+            for s in self.collector.sensors:
+                if not s.loaded:
+                    s.load(bpf)
+        else:
+            unload_all(bpf, self.collector.sensors)
+        return changed
 
     def lost(self) -> int:
         return self.collector.ringbuf_lost()
@@ -178,8 +185,9 @@ class Harness:
             self.framed_events += len(bodies)
             self.publisher.buffered -= len(bodies)
 
-    async def run_load(self, argv: list[str], kafka: bool, decode: bool = True) -> tuple[int, float]:
-        """Run the load while the collector reads the ring buffer as the service does (Collector.poll)."""
+    async def run_load(self, argv: list[str], kafka: bool, decode: bool = True, tail: float = 0.2) -> tuple[int, float]:
+        """Run the load while the collector reads the ring buffer as the service does (Collector.poll), and
+        `tail` seconds more; then whatever is left is read before returning."""
         if decode:
             read = self.collector.drain
         else:  # records released unread: what the kernel side alone costs the syscalls
@@ -197,7 +205,7 @@ class Harness:
         proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
         out, _ = await proc.communicate()  # waits for the exit too: the load's CPU is in RUSAGE_CHILDREN after it
         self.load_cpu_s = children_cpu_seconds() - cpu0  # the load's own CPU, its descendants' included
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(tail)
         polling.cancel()
         try:
             await polling
@@ -286,12 +294,26 @@ def _q1(xs: list[float]) -> float:
 
 def _paired(baseline: list[float], other: list[float]) -> dict:
     """Each round against its own baseline round: the median ratio and its 95% confidence interval (order
-    statistics, no assumption on the noise's shape): how far this host's noise lets the figure be trusted."""
+    statistics, no assumption on the noise's shape): how far this host's noise lets the figure be trusted.
+    Then the Hodges-Lehmann estimate of the same ratios, the tighter figure once there are many rounds."""
     ratios = sorted(y / x - 1 for x, y in zip(baseline, other))
     n = len(ratios)
     k = max(0, int(n / 2 - 0.98 * n ** 0.5))
+    hl, lo, hi = hodges_lehmann(ratios)
     return {"median_pct": round(statistics.median(ratios) * 100, 1),
-            "ci95_pct": [round(ratios[k] * 100, 1), round(ratios[n - 1 - k] * 100, 1)]}
+            "ci95_pct": [round(ratios[k] * 100, 1), round(ratios[n - 1 - k] * 100, 1)],
+            "hl_pct": round(hl * 100, 2), "hl_ci95_pct": [round(lo * 100, 2), round(hi * 100, 2)]}
+
+
+def hodges_lehmann(xs: list[float]) -> tuple[float, float, float]:
+    """The Hodges-Lehmann estimate of where `xs` is centred (the median of every pairwise mean) and its 95%
+    interval from the Wilcoxon signed-rank statistic (normal approximation). It assumes only that the noise
+    is symmetric: nearly as efficient as the mean when the noise is normal (the median wastes a third of
+    the rounds), and a few rounds caught in the host's slow spells do not move it."""
+    n = len(xs)
+    walsh = sorted((xs[i] + xs[j]) / 2 for i in range(n) for j in range(i, n))
+    k = max(0, int(n * (n + 1) / 4 - 1.96 * math.sqrt(n * (n + 1) * (2 * n + 1) / 24)))
+    return statistics.median(walsh), walsh[k], walsh[len(walsh) - 1 - k]
 
 
 def tracing_costs_ns(rounds: int = 7, calls: int = 200_000) -> tuple[float, float]:
@@ -377,12 +399,16 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset)
     delta = {"seen": 0, "filtered": 0, "discarded": 0, "emitted": 0, "approved": 0}
     file_delta = dict(delta)
     published = 0
+    warm_up = load.build_argv(1)
     h.rules(ruleset)  # stays loaded: the baseline rounds detach the sensors (what the kernel learned stays, as in a long run)
     for r in range(rounds):
         for mode in (("baseline", "collector") if r % 2 == 0 else ("collector", "baseline")):
-            h.attach(mode != "baseline")
+            if h.attach(mode != "baseline"):
+                # the first build after a switch ran measurably slower (detaching idles the CPU for
+                # seconds, waiting on the kernel): a short unmeasured one first, whichever the mode
+                await h.run_load(warm_up, kafka=False, tail=0.05)
             c0, f0, p0 = h.file_counters(), h.file_counters(FILE_KIND_NAMES), h.collector.events
-            n, ns = await h.run_load(argv, kafka=False)
+            n, ns = await h.run_load(argv, kafka=False, tail=0.05)
             runs[mode].append(ns / 1e9)
             cpu[mode].append(h.load_cpu_s)
             if mode == "collector":
@@ -507,7 +533,9 @@ async def main_async(args) -> dict:
                     print(f"  the build's own CPU time (user + system), paired median {cp['median_pct']:+}% "
                           f"(95% interval {cp['ci95_pct'][0]:+}% .. {cp['ci95_pct'][1]:+}%); wall time paired median "
                           f"{r['paired']['median_pct']:+}% ({r['paired']['ci95_pct'][0]:+}% .. "
-                          f"{r['paired']['ci95_pct'][1]:+}%)", file=sys.stderr)
+                          f"{r['paired']['ci95_pct'][1]:+}%); Hodges-Lehmann: wall {r['paired']['hl_pct']:+}% "
+                          f"({r['paired']['hl_ci95_pct'][0]:+}% .. {r['paired']['hl_ci95_pct'][1]:+}%), CPU "
+                          f"{cp['hl_pct']:+}% ({cp['hl_ci95_pct'][0]:+}% .. {cp['hl_ci95_pct'][1]:+}%)", file=sys.stderr)
                     a = r["accounted"]
                     print(f"  counted in one more round: programs {a['program_ms']} ms + syscall slow path "
                           f"{a['syscalls']} x {a['slow_path_ns_per_syscall']} ns + dispatch {a['program_runs']} x "
@@ -576,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             a, pm, cp = r["accounted"], r["paired"], r["cpu_paired"]
             print(f"realistic workload ({r['workload']}): {r['overhead_pct']:+}% wall time (fastest round; lower "
                   f"quartile {r['lower_quartile_overhead_pct']:+}%, paired median {pm['median_pct']:+}%, 95% CI "
-                  f"{pm['ci95_pct'][0]:+}% .. {pm['ci95_pct'][1]:+}%); its own CPU time: paired median "
+                  f"{pm['ci95_pct'][0]:+}% .. {pm['ci95_pct'][1]:+}%; Hodges-Lehmann {pm['hl_pct']:+}%, 95% CI "
+                  f"{pm['hl_ci95_pct'][0]:+}% .. {pm['hl_ci95_pct'][1]:+}%); its own CPU time: paired median "
                   f"{cp['median_pct']:+}% (95% CI {cp['ci95_pct'][0]:+}% .. {cp['ci95_pct'][1]:+}%); counted: {a['kernel_pct']}% in the kernel "
                   f"(programs {a['program_pct']}% + syscall slow path {a['slow_path_pct']}% + dispatch "
                   f"{a['dispatch_pct']}%), collector process "

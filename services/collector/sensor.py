@@ -106,12 +106,32 @@ class Sensor:
 
     def unload(self, bpf) -> None:
         for hook in reversed(self._attached):
-            try:
-                if hook.raw:
-                    bpf.detach_raw_tracepoint(tp=hook.target.encode())
-                else:
-                    bpf.detach_tracepoint(tp=hook.target.encode())
-            except Exception as e:  # already gone: nothing left to undo
-                log.debug("detach %s: %s", hook.target, e)
+            self._detach(bpf, hook)
         self._attached.clear()
         self.loaded = False
+
+    @staticmethod
+    def _detach(bpf, hook: Hook) -> None:
+        try:
+            if hook.raw:
+                bpf.detach_raw_tracepoint(tp=hook.target.encode())
+            else:
+                bpf.detach_tracepoint(tp=hook.target.encode())
+        except Exception as e:  # already gone: nothing left to undo
+            log.debug("detach %s: %s", hook.target, e)
+
+
+def unload_all(bpf, sensors) -> None:
+    """Detach every hook of these sensors at once. Each detach of a tracepoint program waits out a grace
+    period in the kernel (~47 ms here: 4.7 s for the collector's 101 hooks one by one); threads overlap
+    part of those waits (2.4 s; the kernel serialises the rest)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loaded = [s for s in sensors if s.loaded]
+    hooks = [hook for s in loaded for hook in reversed(s._attached)]
+    if hooks:
+        with ThreadPoolExecutor(max_workers=min(32, len(hooks))) as pool:
+            list(pool.map(lambda hook: Sensor._detach(bpf, hook), hooks))
+    for s in loaded:
+        s._attached.clear()
+        s.loaded = False

@@ -24,10 +24,10 @@ def test_bench_collector_phases_see_the_events_they_count():
     assert realistic["kernel"]["seen"] > 0 and realistic["file_hooks"]["seen"] > 0
     counted = realistic["accounted"]
     assert counted["program_ms"] > 0 and counted["syscalls"] > 0 and counted["kernel_pct"] > 0
-    assert set(realistic["paired"]) == {"median_pct", "ci95_pct"}
+    assert set(realistic["paired"]) == {"median_pct", "ci95_pct", "hl_pct", "hl_ci95_pct"}
     # the build's own CPU time is measured in both modes (a compiler run takes tens of ms at least)
     assert all(x > 0.01 for m in ("baseline", "collector") for x in realistic["cpu_s"][m]), realistic["cpu_s"]
-    assert set(realistic["cpu_paired"]) == {"median_pct", "ci95_pct"}
+    assert set(realistic["cpu_paired"]) == {"median_pct", "ci95_pct", "hl_pct", "hl_ci95_pct"}
     # the rates phase runs after the realistic one, which detaches the sensors: it must attach them itself
     row = results["drain"]["tried"][0]
     assert row["events"] + row["kernel_lost"] >= 2500  # 5,000 opens/s for 0.5 s, each one an event
