@@ -57,3 +57,50 @@ def test_a_lone_record_wakes_the_reader_and_the_next_one_is_drained_after_the_qu
     got_first, got_second = asyncio.run(scenario())
     assert got_first is not None, "the first record after a quiet spell did not wake the reader"
     assert got_second is not None, "a record inside the quiet window was not drained by the follow-up"
+
+
+def test_a_steady_stream_runs_on_the_readers_timer_and_wakes_it_rarely(collector, d, monkeypatch):
+    """Records every 2 ms for 0.6 s: the old scheme woke the reader once per 10 ms window (~60 wake-ups);
+    now the reader's follow-up drains keep finding records and promise the next one, so the kernel wakes
+    it only at the start (and for every WAKE_EVERY-th record per CPU). Every record still arrives."""
+    assert collector.filter.compiled is None, "another test left a policy loaded: opens would be filtered"
+    monkeypatch.setattr(R, "SAFETY_POLL_S", 3600.0)
+    target = d / "stream"
+    target.write_bytes(b"x")
+    me = os.getpid()
+    count = 300
+    got = []
+
+    def record(ev) -> None:
+        if ev.pid == me and ev.file is not None and ev.file.path == b(target):
+            got.append(ev)
+
+    async def scenario() -> int:
+        collector.drain()
+        collector.on_event = record
+        stop = asyncio.Event()
+        polling = asyncio.create_task(collector.poll(stop))
+        try:
+            await asyncio.sleep(0.1)
+            woken = collector.wakeups
+            for _ in range(count):
+                open(target, "rb").close()
+                await asyncio.sleep(0.002)
+            woken = collector.wakeups - woken
+            for _ in range(int(PATIENCE / 0.005)):
+                if len(got) >= count:
+                    break
+                await asyncio.sleep(0.005)
+            return woken
+        finally:
+            polling.cancel()
+            try:
+                await polling
+            except asyncio.CancelledError:
+                pass
+            collector.on_event = lambda ev: None
+
+    woken = asyncio.run(scenario())
+    windows = count * 0.002 / R.WAKE_QUIET_S
+    assert len(got) == count, f"{len(got)} of {count} opens arrived"
+    assert woken < windows / 3, f"{woken} wake-ups for a stream of {windows:.0f} quiet windows"
