@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,36 @@ def test_a_request_that_skips_its_completion_is_reported_at_submission(capture, 
     assert (ev.type_name, ev.retval, ev.file.path, ev.file.flags) == ("open", 0, os.fsencode(f), 0)
     assert ev.attrs == {"uring": "submission"}
     assert ev.file.ino == os.stat(f).st_ino
+
+
+def test_a_completion_whose_submission_was_not_seen_is_reported_from_its_file(collector, capture, uring_ops,
+                                                                              tmp_path):
+    """An open submitted while the sensor was not attached (a collector that started while it waited)
+    completes after: the record is built from the new fd alone, flags from the opened file."""
+    fifo = tmp_path.resolve() / "fifo"
+    os.mkfifo(fifo)
+    sensor = next(s for s in collector.sensors if s.name == "io_uring")
+    bpf = collector.program.bpf
+    sensor.unload(bpf)
+    try:
+        # IOSQE_ASYNC: the open runs in an io-wq worker, where opening a FIFO for reading waits for a writer
+        proc = subprocess.Popen([uring_ops, f"openat,{fifo},{os.O_RDONLY}"], stdout=subprocess.PIPE,
+                                env=dict(os.environ, URING_ASYNC="1"))
+        time.sleep(0.5)
+        assert proc.poll() is None, "the open did not wait for a writer"
+    finally:
+        sensor.load(bpf)
+
+    def act():
+        os.close(os.open(fifo, os.O_WRONLY))  # the worker's open completes now, with the sensor attached
+        return proc.communicate(timeout=10)
+
+    events = capture(act, children=True)
+    fd = int(capture.result[0].split()[1])
+    got = uring(events, os.fsencode(fifo))
+    assert [(e.type_name, e.syscall, e.retval) for e in got] == [("open", "io_uring:openat", fd)], events
+    assert got[0].attrs.get("uring") == "completion-only"
+    assert got[0].flags & os.O_ACCMODE == os.O_RDONLY and got[0].file.ino == os.stat(fifo).st_ino
 
 
 def test_path_operations(capture, uring_ops, tmp_path):
