@@ -388,9 +388,13 @@ async def account(h: Harness, argv: list[str]) -> dict:
             "top_programs_ms": {k: round(v, 1) for v, k in reversed(top)}}
 
 
-async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset) -> dict | None:
+async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset, per_switch: int = 1) -> dict | None:
     """A small build without and with the collector (default rules in the kernel): overhead on its wall
-    time, and what the kernel dropped of what its hooks saw."""
+    time, and what the kernel dropped of what its hooks saw. Each round runs `per_switch` builds in one
+    mode, then as many in the other (the order alternates between rounds); the i-th of each are a pair.
+    Switching costs seconds (detaching waits on the kernel), so short builds are better run several per
+    switch: on this host a build's time varies ~20% from one run to the next, little of it shared with its
+    neighbours, so many pairs buy more than tight ones."""
     argv = load.build_argv(compiles)
     if argv is None:
         return None
@@ -399,24 +403,32 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset)
     delta = {"seen": 0, "filtered": 0, "discarded": 0, "emitted": 0, "approved": 0}
     file_delta = dict(delta)
     published = 0
+
+    async def one_build(mode: str) -> None:
+        nonlocal published
+        c0, f0, p0 = h.file_counters(), h.file_counters(FILE_KIND_NAMES), h.collector.events
+        n, ns = await h.run_load(argv, kafka=False, tail=0.05)
+        runs[mode].append(ns / 1e9)
+        cpu[mode].append(h.load_cpu_s)
+        if mode == "collector":
+            c1, f1 = h.file_counters(), h.file_counters(FILE_KIND_NAMES)
+            for k in delta:
+                delta[k] += c1[k] - c0[k]
+                file_delta[k] += f1[k] - f0[k]
+            published += h.collector.events - p0
+
     warm_up = load.build_argv(1)
     h.rules(ruleset)  # stays loaded: the baseline rounds detach the sensors (what the kernel learned stays, as in a long run)
+    h.attach(True)
+    await h.run_load(argv, kafka=False, tail=0.05)  # unmeasured: the kernel learns its discarders, as in a long run
     for r in range(rounds):
         for mode in (("baseline", "collector") if r % 2 == 0 else ("collector", "baseline")):
             if h.attach(mode != "baseline"):
                 # the first build after a switch ran measurably slower (detaching idles the CPU for
                 # seconds, waiting on the kernel): a short unmeasured one first, whichever the mode
                 await h.run_load(warm_up, kafka=False, tail=0.05)
-            c0, f0, p0 = h.file_counters(), h.file_counters(FILE_KIND_NAMES), h.collector.events
-            n, ns = await h.run_load(argv, kafka=False, tail=0.05)
-            runs[mode].append(ns / 1e9)
-            cpu[mode].append(h.load_cpu_s)
-            if mode == "collector":
-                c1, f1 = h.file_counters(), h.file_counters(FILE_KIND_NAMES)
-                for k in delta:
-                    delta[k] += c1[k] - c0[k]
-                    file_delta[k] += f1[k] - f0[k]
-                published += h.collector.events - p0
+            for _ in range(per_switch):
+                await one_build(mode)
     h.attach(False)
     accounting = await account(h, argv)
     h.rules(None)
@@ -442,7 +454,7 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset)
             # exec/fork/exit always reach userspace (the process cache needs them); what no rule needs is
             # dropped there, before encoding
             "published_events": published, "published_ratio": round(published / max(1, delta["seen"]), 4),
-            "rounds": rounds,
+            "rounds": rounds, "builds_per_switch": per_switch,
             "runs": {m: [round(x, 3) for x in v] for m, v in runs.items()},
             "cpu_s": {m: [round(x, 3) for x in v] for m, v in cpu.items()}}
 
@@ -522,7 +534,8 @@ async def main_async(args) -> dict:
                       f"{o['filtered_events_emitted']} of {o['filtered_events_seen']} events emitted)", file=sys.stderr)
             if "realistic" in args.phases:
                 print("realistic workload (a small build):", file=sys.stderr)
-                results["realistic"] = r = await realistic(h, load, args.compiles, args.rounds, ruleset)
+                results["realistic"] = r = await realistic(h, load, args.compiles, args.rounds, ruleset,
+                                                                   args.builds_per_switch)
                 if r:
                     print(f"  {r['workload']}: {r['baseline_s']} s without, {r['collector_s']} s with the collector "
                           f"({r['overhead_pct']:+}%); in-kernel filter ratio {r['kernel_filter_ratio']:.2%} "
@@ -577,7 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ringbuf-mb", type=int, default=32)
     p.add_argument("--rules", type=Path, default=Path(__file__).resolve().parents[1] / "rules",
                    help="rules loaded into the kernel for the filtered and realistic runs (default: the pack)")
-    p.add_argument("--compiles", type=int, default=30, help="compilations per realistic-workload round")
+    p.add_argument("--compiles", type=int, default=30, help="compilations per realistic-workload build")
+    p.add_argument("--builds-per-switch", type=int, default=1,
+                   help="realistic builds run in one mode before switching to the other (each switch costs seconds)")
     p.add_argument("--name-length", type=int, default=5,
                    help="length of the loop's file names (5: f0000..f0999); 6, 8, 10 ... are lengths the default "
                         "pack's name approvers have (id_rsa, id_ecdsa, id_ed25519): the name lookup then runs")
