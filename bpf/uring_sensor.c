@@ -89,7 +89,8 @@ struct uring_seen_v {
     u32 ops;              /* URING_READ | URING_WRITE already reported for this open file */
     u32 pad;
     u64 when;
-};
+    u64 dentry;           /* the file's: a struct file freed (closed by close(2), unseen) and reused for */
+};                        /* another file is not taken for the one reported */
 
 /* LRU: an entry whose completion never comes (or a file never closed through io_uring) ages out. */
 BPF_TABLE("lru_hash", u64, struct uring_pending, uring_pending, 4096);
@@ -238,6 +239,7 @@ static __always_inline void uring_mark(u64 file, u32 ops)
     struct uring_seen_v v = {};
     v.ops = ops;
     v.when = bpf_ktime_get_boot_ns();
+    v.dentry = rd64(file + O_FILE_PATH_DENTRY);
     uring_seen.update(&file, &v);
 }
 
@@ -435,14 +437,17 @@ static __always_inline int rw_submit(u64 req, u8 op, u32 what, u64 rflags, u64 u
         return 0;
     }
     u64 now = bpf_ktime_get_boot_ns();
+    u64 dentry = rd64(file + O_FILE_PATH_DENTRY);
     struct uring_seen_v *seen = uring_seen.lookup(&file);
-    if (seen && (seen->ops & what) && now - seen->when < URING_AGAIN_NS) {
+    u32 same = seen && seen->dentry == dentry && now - seen->when < URING_AGAIN_NS;
+    if (same && (seen->ops & what)) {
         tally(RK_URING_RW, C_DISCARDED);  /* this open file's first read/write was reported already */
         return 0;
     }
     struct uring_seen_v v = {};
-    v.ops = what | (seen && now - seen->when < URING_AGAIN_NS ? seen->ops : 0);
+    v.ops = what | (same ? seen->ops : 0);
     v.when = now;
+    v.dentry = dentry;
     uring_seen.update(&file, &v);
     struct scratch *s = scratch_get();
     if (!s)

@@ -85,6 +85,18 @@ def test_read_of_an_fd_opened_elsewhere_and_a_second_write_after_close(capture, 
     assert got == [("open", "io_uring:read", O_RDWR), ("write", "io_uring:write", O_RDWR)]
 
 
+def test_a_struct_file_reused_for_another_file_is_not_taken_for_the_one_reported(capture, uring_ops, tmp_path):
+    """A read is reported once per open file, keyed by its struct file; close(2) is not seen, and the
+    kernel hands the freed struct file to the next open at once: that open's first read must arrive."""
+    a, b_ = tmp_path.resolve() / "a", tmp_path.resolve() / "b"
+    a.write_bytes(b"hello world")
+    b_.write_bytes(b"hello world")
+    results, events = run(capture, uring_ops, f"sysopen,{a}", "read,$0", "sysclose,$0", f"sysopen,{b_}", "read,$3")
+    assert results[1] == 5 and results[4] == 5
+    got = [(e.syscall, e.file.path) for e in uring(events)]
+    assert got == [("io_uring:read", os.fsencode(a)), ("io_uring:read", os.fsencode(b_))], events
+
+
 def test_relative_failed_and_openat2(capture, uring_ops, tmp_path):
     d = tmp_path.resolve()
     (d / "sub").mkdir()

@@ -178,6 +178,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(op, "close")) {
             sqe.opcode = IORING_OP_CLOSE;
             sqe.fd = fd_arg(a[0]);
+        } else if (!strcmp(op, "sysopen") || !strcmp(op, "sysclose")) {  /* plain syscalls, no io_uring */
+            res = op[3] == 'o' ? open(a[0], O_RDONLY) : close(fd_arg(a[0]));
+            results[i - 1] = res;
+            printf("%s %ld\n", op, res);
+            continue;
         } else if (!strcmp(op, "sparse")) {
             struct io_uring_rsrc_register reg;
             memset(&reg, 0, sizeof(reg));
