@@ -75,7 +75,7 @@ struct inflight {         /* a syscall's arguments, read at its sys_exit (EXIT_A
 /* ------------------------------------------------------------------------------------- shared maps */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
-BPF_ARRAY(ring_wake, u64, 1);  /* ktime until which the reader drains without being woken (emit) */
+BPF_ARRAY(ring_wake, u64, 1);  /* ktime of the last quiet-spell wake-up (emit), shared by all CPUs */
 /* The tgids the pipeline itself runs as, one bit per pid (pid_max is at most 2^22): an array lookup is
  * inlined by the verifier, a hash lookup costs ~40 ns here, on every hooked syscall. */
 BPF_ARRAY(ignore_bits, u64, IGNORE_WORDS);
@@ -223,12 +223,10 @@ static __always_inline struct rec_hdr *begin(struct scratch *s, u64 task, u32 ki
 }
 
 /* How the reader learns about a record. Waking it for every record costs the traced syscall more than
- * the record itself (the wake-up's interrupts: ~7 us of sched_process_exit's 12 here), and a timer in
- * the reader costs an idle host wake-ups for nothing. So ring_wake holds a time until which the reader
- * will drain anyway: records before it wake nobody. The first record after it wakes the reader and
- * moves it WAKE_QUIET_NS ahead (the reader drains once more then); the reader moves it again each time
- * that drain still found records, so a busy host runs on the reader's timer alone and a quiet one
- * wakes nobody. Every WAKE_EVERY-th record per CPU wakes it whatever the time (a burst). */
+ * the record itself, and a timer in the reader costs an idle host wake-ups for nothing. So the first
+ * record after a quiet spell of WAKE_QUIET_NS (on any CPU) wakes the reader at once, and so does every
+ * WAKE_EVERY-th record per CPU under load; the records in between wake nobody: the reader drains once
+ * more WAKE_QUIET_NS after each wake-up (Collector.poll), which covers every one of them. */
 static __always_inline u64 wake_flags(struct scratch *s)
 {
     if (++s->unannounced >= WAKE_EVERY) {
@@ -236,13 +234,13 @@ static __always_inline u64 wake_flags(struct scratch *s)
         return 2;                                     /* BPF_RB_FORCE_WAKEUP */
     }
     u32 zero = 0;
-    u64 *until = ring_wake.lookup(&zero);
-    if (!until)
+    u64 *last = ring_wake.lookup(&zero);
+    if (!last)
         return 2;
     u64 now = bpf_ktime_get_ns();
-    if ((s64)(*until - now) > 0)
-        return 1;                                     /* BPF_RB_NO_WAKEUP: the reader drains by then */
-    *until = now + WAKE_QUIET_NS;                     /* racy across CPUs: at worst one more wake-up */
+    if (now - *last < WAKE_QUIET_NS)
+        return 1;                                     /* BPF_RB_NO_WAKEUP: the reader's follow-up drain */
+    *last = now;                                      /* racy across CPUs: at worst one more wake-up */
     return 2;
 }
 

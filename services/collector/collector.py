@@ -64,7 +64,6 @@ class Collector:
         self.program: Program | None = None
         self.filter: KernelFilter | None = None  # the rules in the kernel (policy.py), after start()
         self.reader: RingReader | None = None
-        self.wakeups = 0  # times the kernel woke the reader (Collector.poll)
         self.on_event: Callable = lambda ev: None
         self._decoders: dict[int, Callable] = {}
         self.thread_snaps: dict[str, int] = {}  # threadsnap.seed's counts, after start()
@@ -151,22 +150,18 @@ class Collector:
     async def poll(self, stop, batch: int = 8192, drain: Callable[[int], object] | None = None) -> None:
         """Drain the ring buffer whenever the kernel wakes us (epoll on the map fd), and once more
         WAKE_QUIET_S after each wake-up: the records emitted in that window wake nobody (emit() in
-        fimstream.h). While that drain still finds records, the window is moved on and the reader keeps
-        draining on its timer: a busy host then wakes nobody. No timer runs while the host is quiet;
-        SAFETY_POLL_S is a net, not the scheme. `drain` replaces self.drain (a benchmark that releases
-        records unread)."""
+        fimstream.h). No timer runs while the host is quiet; SAFETY_POLL_S is a net, not the scheme.
+        `drain` replaces self.drain (a benchmark that releases records unread)."""
         import asyncio
 
         loop = asyncio.get_running_loop()
         drain = drain or self.drain
         follow = R.WAKE_QUIET_S + 0.001  # + a record's copy into the ring after its wake-up check
-        quiet_ns = int(R.WAKE_QUIET_S * 1e9)
         due = None  # loop time of the drain owed to the last wake-up
         waiter = None
 
         def ready() -> None:
             nonlocal due
-            self.wakeups += 1
             drain(batch)
             due = loop.time() + follow
             if waiter is not None and not waiter.done():
@@ -182,13 +177,7 @@ class Collector:
                 timer.cancel()
                 if due is None or loop.time() >= due:  # the safety drain, or the follow-up owed
                     due = None
-                    before = self.reader.bytes
                     drain(batch)
-                    if self.reader.bytes != before or self.reader.pending():
-                        # still busy: promise the next drain instead of being woken for it (the
-                        # promise is made before the drain it announces, so nothing falls between)
-                        self.program.quiet_until(time.monotonic_ns() + quiet_ns)
-                        due = loop.time() + follow
         finally:
             loop.remove_reader(self.fd)
 

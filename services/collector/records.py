@@ -107,7 +107,7 @@ CGROUP_BODY = struct.Struct("<IiQHHI")  # pid, hierarchy, cgroup_id, path_len, p
 
 
 WAKE_EVERY = 64  # records per CPU between reader wake-ups under load
-WAKE_QUIET_S = 0.01  # the reader drains this soon after a wake-up, and again while records keep coming (emit)
+WAKE_QUIET_S = 0.01  # the first record after this long without a wake-up wakes the reader (fimstream.h emit)
 SAFETY_POLL_S = 1.0  # the reader drains this often whatever happens (Collector.poll)
 
 
