@@ -5,7 +5,6 @@ read through the installed (wrong) kernel headers.
 """
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import os
 import time
@@ -87,19 +86,10 @@ class Program:
         self._ignored: set[int] = set()
         self.counters = self.bpf[b"counters"]
         self._ncpus = possible_cpus()  # once: reading it opens a sysfs file, an event of our own
-        self._wake_fd = self.bpf[b"ring_wake"].map_fd
-        self._wake_key, self._wake_until = ct.c_uint32(0), ct.c_uint64(0)  # reused: one bpf() call, no objects
 
     @property
     def loaded(self) -> list[Sensor]:
         return [s for s in self.sensors if s.loaded]
-
-    def quiet_until(self, ktime_ns: int) -> None:
-        """The reader will drain by `ktime_ns` (CLOCK_MONOTONIC): until then records wake nobody (emit())."""
-        from bcc.libbcc import lib
-
-        self._wake_until.value = ktime_ns
-        lib.bpf_update_elem(self._wake_fd, ct.byref(self._wake_key), ct.byref(self._wake_until), 0)
 
     # ------------------------------------------------------------------------------- ignore list
     def set_ignored(self, pids: Iterable[int]) -> None:
