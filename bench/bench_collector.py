@@ -15,6 +15,9 @@
    events the hooks saw). Then one more round counts the cost instead: program time (bpf_stats) plus the
    build's syscalls times the slow-path cost a syscall tracepoint puts on every syscall, plus the programs'
    runs times the cost of dispatching a traced syscall to a program, over the build's wall time.
+   The project phase does the same with a real project's build (bench/project_build.py: Lua 5.4 by
+   default; unpack, git init + add + commit, make on every core, git status + log, tar czf): a build that
+   spends its time compiling, as builds do, where the small one is mostly process start-up.
 3. Zero-loss rate: the same loop paced at increasing rates for a few seconds each; the highest rate at
    which the kernel lost nothing (ring-buffer reserve failures) and userspace dropped nothing. First
    drained + encoded (no Kafka), then published to an embedded Tansu broker (unless --no-kafka), with the
@@ -47,6 +50,9 @@ from fimstream.collector.sensor import unload_all
 from fimstream.config import Settings
 from fimstream.rules import load_rules
 from fimstream.schemas.codec import Codecs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import project_build  # noqa: E402
 
 FILE_KIND_NAMES = {R.KIND_NAMES[k] for k in KERNEL_KINDS}
 
@@ -204,6 +210,9 @@ class Harness:
         cpu0 = children_cpu_seconds()
         proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
         out, _ = await proc.communicate()  # waits for the exit too: the load's CPU is in RUSAGE_CHILDREN after it
+        if proc.returncode != 0:
+            polling.cancel()
+            raise RuntimeError(f"the load {argv[:2]} exited with {proc.returncode}")
         self.load_cpu_s = children_cpu_seconds() - cpu0  # the load's own CPU, its descendants' included
         await asyncio.sleep(tail)
         polling.cancel()
@@ -388,16 +397,15 @@ async def account(h: Harness, argv: list[str]) -> dict:
             "top_programs_ms": {k: round(v, 1) for v, k in reversed(top)}}
 
 
-async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset, per_switch: int = 1) -> dict | None:
-    """A small build without and with the collector (default rules in the kernel): overhead on its wall
-    time, and what the kernel dropped of what its hooks saw. Each round runs `per_switch` builds in one
+async def realistic(h: Harness, argv: list[str], warm_up: list[str], workload: str, rounds: int, ruleset,
+                    per_switch: int = 1) -> dict:
+    """A build (`argv`) without and with the collector (default rules in the kernel): overhead on its wall
+    time, and what the kernel dropped of what its hooks saw. `warm_up` is a short unmeasured load run after
+    each switch. Each round runs `per_switch` builds in one
     mode, then as many in the other (the order alternates between rounds); the i-th of each are a pair.
     Switching costs seconds (detaching waits on the kernel), so short builds are better run several per
     switch: on this host a build's time varies ~20% from one run to the next, little of it shared with its
     neighbours, so many pairs buy more than tight ones."""
-    argv = load.build_argv(compiles)
-    if argv is None:
-        return None
     runs: dict[str, list[float]] = {"baseline": [], "collector": []}
     cpu: dict[str, list[float]] = {"baseline": [], "collector": []}
     delta = {"seen": 0, "filtered": 0, "discarded": 0, "emitted": 0, "approved": 0}
@@ -417,7 +425,6 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset,
                 file_delta[k] += f1[k] - f0[k]
             published += h.collector.events - p0
 
-    warm_up = load.build_argv(1)
     h.rules(ruleset)  # stays loaded: the baseline rounds detach the sensors (what the kernel learned stays, as in a long run)
     h.attach(True)
     await h.run_load(argv, kafka=False, tail=0.05)  # unmeasured: the kernel learns its discarders, as in a long run
@@ -436,7 +443,7 @@ async def realistic(h: Harness, load: Load, compiles: int, rounds: int, ruleset,
     mb, mc = statistics.median(runs["baseline"]), statistics.median(runs["collector"])
     def ratio(d):
         return round((d["filtered"] + d["discarded"]) / max(1, d["seen"]), 4)
-    return {"workload": f"{compiles} x (cc -O2 -c, git status, tar c + x of docs/ and rules/)", "baseline_s": round(b, 3), "collector_s": round(c, 3),
+    return {"workload": workload, "baseline_s": round(b, 3), "collector_s": round(c, 3),
             "overhead_pct": round((c - b) / b * 100, 1), "median_overhead_pct": round((mc - mb) / mb * 100, 1),
             # the steadier figures on a host whose speed drifts between rounds
             "lower_quartile_overhead_pct": round((_q1(runs["collector"]) / _q1(runs["baseline"]) - 1) * 100, 1),
@@ -508,6 +515,26 @@ async def _settle(h: Harness) -> None:
         await asyncio.sleep(0.05)
 
 
+def _print_build(r: dict) -> None:
+    print(f"  {r['workload']}: {r['baseline_s']} s without, {r['collector_s']} s with the collector "
+          f"({r['overhead_pct']:+}%); in-kernel filter ratio {r['kernel_filter_ratio']:.2%} "
+          f"({r['kernel']['seen']} seen, {r['kernel']['emitted']} emitted; file hooks "
+          f"{r['file_kernel_filter_ratio']:.2%}); {r['published_events']} published "
+          f"({r['published_ratio']:.2%} of what the hooks saw)", file=sys.stderr)
+    cp = r["cpu_paired"]
+    print(f"  the build's own CPU time (user + system), paired median {cp['median_pct']:+}% "
+          f"(95% interval {cp['ci95_pct'][0]:+}% .. {cp['ci95_pct'][1]:+}%); wall time paired median "
+          f"{r['paired']['median_pct']:+}% ({r['paired']['ci95_pct'][0]:+}% .. "
+          f"{r['paired']['ci95_pct'][1]:+}%); Hodges-Lehmann: wall {r['paired']['hl_pct']:+}% "
+          f"({r['paired']['hl_ci95_pct'][0]:+}% .. {r['paired']['hl_ci95_pct'][1]:+}%), CPU "
+          f"{cp['hl_pct']:+}% ({cp['hl_ci95_pct'][0]:+}% .. {cp['hl_ci95_pct'][1]:+}%)", file=sys.stderr)
+    a = r["accounted"]
+    print(f"  counted in one more round: programs {a['program_ms']} ms + syscall slow path "
+          f"{a['syscalls']} x {a['slow_path_ns_per_syscall']} ns + dispatch {a['program_runs']} x "
+          f"{a['dispatch_ns_per_run']} ns = {a['kernel_pct']}% of the build's {a['build_ms']} ms; "
+          f"collector process CPU {a['collector_cpu_ms']} ms", file=sys.stderr)
+
+
 async def main_async(args) -> dict:
     results: dict = {"ops": args.ops}
     with tempfile.TemporaryDirectory(prefix="fimstream-bench-") as tmp:
@@ -532,28 +559,28 @@ async def main_async(args) -> dict:
                       f"rules in the kernel {o['filtered_us_per_op']} us/op (+{o['filtered_overhead_pct']}%; paired median "
                       f"+{o['paired_median_overhead_pct']['filtered']}%, "
                       f"{o['filtered_events_emitted']} of {o['filtered_events_seen']} events emitted)", file=sys.stderr)
-            if "realistic" in args.phases:
+            if "realistic" in args.phases and load.build_argv(1):
                 print("realistic workload (a small build):", file=sys.stderr)
-                results["realistic"] = r = await realistic(h, load, args.compiles, args.rounds, ruleset,
-                                                                   args.builds_per_switch)
-                if r:
-                    print(f"  {r['workload']}: {r['baseline_s']} s without, {r['collector_s']} s with the collector "
-                          f"({r['overhead_pct']:+}%); in-kernel filter ratio {r['kernel_filter_ratio']:.2%} "
-                          f"({r['kernel']['seen']} seen, {r['kernel']['emitted']} emitted; file hooks "
-                          f"{r['file_kernel_filter_ratio']:.2%}); {r['published_events']} published "
-                          f"({r['published_ratio']:.2%} of what the hooks saw)", file=sys.stderr)
-                    cp = r["cpu_paired"]
-                    print(f"  the build's own CPU time (user + system), paired median {cp['median_pct']:+}% "
-                          f"(95% interval {cp['ci95_pct'][0]:+}% .. {cp['ci95_pct'][1]:+}%); wall time paired median "
-                          f"{r['paired']['median_pct']:+}% ({r['paired']['ci95_pct'][0]:+}% .. "
-                          f"{r['paired']['ci95_pct'][1]:+}%); Hodges-Lehmann: wall {r['paired']['hl_pct']:+}% "
-                          f"({r['paired']['hl_ci95_pct'][0]:+}% .. {r['paired']['hl_ci95_pct'][1]:+}%), CPU "
-                          f"{cp['hl_pct']:+}% ({cp['hl_ci95_pct'][0]:+}% .. {cp['hl_ci95_pct'][1]:+}%)", file=sys.stderr)
-                    a = r["accounted"]
-                    print(f"  counted in one more round: programs {a['program_ms']} ms + syscall slow path "
-                          f"{a['syscalls']} x {a['slow_path_ns_per_syscall']} ns + dispatch {a['program_runs']} x "
-                          f"{a['dispatch_ns_per_run']} ns = {a['kernel_pct']}% of the build's {a['build_ms']} ms; "
-                          f"collector process CPU {a['collector_cpu_ms']} ms", file=sys.stderr)
+                results["realistic"] = r = await realistic(
+                    h, load.build_argv(args.compiles), load.build_argv(1),
+                    f"{args.compiles} x (cc -O2 -c, git status, tar c + x of docs/ and rules/)",
+                    args.rounds, ruleset, args.builds_per_switch)
+                _print_build(r)
+            if "project" in args.phases and load.build_argv(1):
+                print("realistic workload (a project's build):", file=sys.stderr)
+                try:
+                    tarball, make = project_build.prepare(Path(tmp), args.project_src)
+                except project_build.ProjectError as e:
+                    print(f"  skipped: {e}", file=sys.stderr)
+                    results["project"] = {"skipped": str(e)}
+                else:
+                    jobs = args.project_jobs or os.cpu_count() or 1
+                    argv = project_build.build_argv(tarball, make, jobs, git=bool(shutil.which("git")))
+                    name = args.project_src.name if args.project_src else "Lua 5.4"
+                    results["project"] = r = await realistic(
+                        h, argv, load.build_argv(1), f"{name}: tar x, git init + add + commit, "
+                        f"{make.format(jobs=jobs)}, git status + log, tar czf", args.rounds, ruleset, args.builds_per_switch)
+                    _print_build(r)
             if "rates" in args.phases:
                 print("zero-loss rate, drained + encoded:", file=sys.stderr)
                 results["drain"] = await zero_loss(h, load, args.rates, args.seconds, kafka=False)
@@ -592,13 +619,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="rules loaded into the kernel for the filtered and realistic runs (default: the pack)")
     p.add_argument("--compiles", type=int, default=30, help="compilations per realistic-workload build")
     p.add_argument("--builds-per-switch", type=int, default=1,
-                   help="realistic builds run in one mode before switching to the other (each switch costs seconds)")
+                   help="builds (realistic and project phases) run in one mode before switching to the other (each "
+                        "switch costs seconds)")
     p.add_argument("--name-length", type=int, default=5,
                    help="length of the loop's file names (5: f0000..f0999); 6, 8, 10 ... are lengths the default "
                         "pack's name approvers have (id_rsa, id_ecdsa, id_ed25519): the name lookup then runs")
     p.add_argument("--no-kafka", action="store_true")
-    p.add_argument("--phases", type=lambda v: set(v.split(",")), default={"overhead", "realistic", "rates"},
-                   help="comma-separated subset of overhead,realistic,rates (default: all)")
+    p.add_argument("--project-src", type=Path, default=None,
+                   help="the project phase's source: a directory or tarball with a makefile (default: Lua 5.4, "
+                        "downloaded once from PyPI and cached)")
+    p.add_argument("--project-jobs", type=int, default=0, help="make -j for the project phase (default: every core)")
+    p.add_argument("--phases", type=lambda v: set(v.split(",")),
+                   default={"overhead", "realistic", "project", "rates"},
+                   help="comma-separated subset of overhead,realistic,project,rates (default: all)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -614,8 +647,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"sensors (+{o['kernel_overhead_pct']}%), {o['collector_us_per_op']} us/op with the whole collector "
                   f"(+{o['overhead_pct']}%), {o['filtered_us_per_op']} us/op with the rules in the kernel "
                   f"(+{o['filtered_overhead_pct']}%; paired median +{o['paired_median_overhead_pct']['filtered']}%)")
-        r = results.get("realistic")
-        if r:
+        for r in (results.get("realistic"), results.get("project")):
+            if not r or "skipped" in r:
+                continue
             a, pm, cp = r["accounted"], r["paired"], r["cpu_paired"]
             print(f"realistic workload ({r['workload']}): {r['overhead_pct']:+}% wall time (fastest round; lower "
                   f"quartile {r['lower_quartile_overhead_pct']:+}%, paired median {pm['median_pct']:+}%, 95% CI "
