@@ -746,14 +746,20 @@ static __always_inline int lexical_ok(struct fstate *f, u64 task)
 /* f->k = [gen, kind, slot] + lexical path (base walk + "/" + string; the string alone when absolute or
  * raw) + NUL. Sets key_end (index of the NUL) and returns where the string part starts (its leading "/"
  * for a joined path), or -1 when the path cannot be judged (base unknown, too long, empty). */
+static __always_inline long read_str(void *dst, u32 size, u64 ptr, int user)
+{
+    return user ? bpf_probe_read_user_str(dst, size, (void *)ptr) : bpf_probe_read_kernel_str(dst, size, (void *)ptr);
+}
+
+/* `user`: uptr is in the caller's memory (a syscall's argument), else a kernel copy (io_uring's names). */
 static __always_inline int key_string_(struct scratch *s, struct fstate *f, u32 kind, u32 slot, s64 dfd, u64 uptr,
-                                       u64 task, int raw)
+                                       u64 task, int raw, int user)
 {
     __builtin_memset(&f->k, 0, sizeof(f->k));        /* dirty() reads whole words past the NUL */
     key_head(&f->k, f, kind, slot);
     if (!uptr)
         return -1;
-    long r = bpf_probe_read_user_str(&f->k.data[3], LPM_DATA - 3, (void *)uptr);
+    long r = read_str(&f->k.data[3], LPM_DATA - 3, uptr, user);
     if (r <= 1 || r >= LPM_DATA - 3)
         return -1;                                    /* empty, unreadable, or too long to judge here */
     if (f->k.data[3] == '/' || raw) {                 /* absolute (or compared as written): done */
@@ -800,7 +806,7 @@ static __always_inline int key_string_(struct scratch *s, struct fstate *f, u32 
         return -1;
     u32 room = LPM_DATA - start;
     opaque(room);
-    r = bpf_probe_read_user_str(&f->k.data[start & 255], room & 255, (void *)uptr);
+    r = read_str(&f->k.data[start & 255], room & 255, uptr, user);
     if (r <= 1 || r >= room)
         return -1;                                    /* empty, or too long to judge here */
     f->key_end = start + r - 1;
@@ -811,7 +817,13 @@ static __always_inline int key_string_(struct scratch *s, struct fstate *f, u32 
 static __always_inline int key_string(struct scratch *s, struct fstate *f, u32 kind, u32 slot, s64 dfd, u64 uptr,
                                       u64 task, int raw)
 {
-    return launder(f, key_string_(s, f, kind, slot, dfd, uptr, task, raw));
+    return launder(f, key_string_(s, f, kind, slot, dfd, uptr, task, raw, 1));
+}
+
+static __always_inline int key_string_in(struct scratch *s, struct fstate *f, u32 kind, u32 slot, s64 dfd, u64 ptr,
+                                         u64 task, int user)
+{
+    return launder(f, key_string_(s, f, kind, slot, dfd, ptr, task, 0, user));
 }
 
 /* Byte-parallel tests (8 bytes per step, no branch per byte: a byte loop costs the verifier too much):

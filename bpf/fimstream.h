@@ -437,13 +437,14 @@ static __always_inline int dfd_base(struct scratch *s, s64 dfd, u64 *dentry, u64
 
 /* A file slot from a path string the caller passed (no fd yet, or gone): the caller's string, plus
  * the true path of the directory it is relative to (dirfd or cwd) when it is relative. Userspace
- * joins and canonicalises them and clears PF_UNRESOLVED when it can (paths.py). */
-static __always_inline void slot_user_path(struct scratch *s, struct file_info *fi, s64 dfd, u64 uptr)
+ * joins and canonicalises them and clears PF_UNRESOLVED when it can (paths.py). `user`: the string is in
+ * the caller's memory; else a kernel copy of it (io_uring keeps the names it copied at submission). */
+static __always_inline void slot_path_string(struct scratch *s, struct file_info *fi, s64 dfd, u64 ptr, int user)
 {
     u32 off = s->len;
     fi->path_len = 0;
     fi->path_flags = PF_UNRESOLVED;
-    fi->str_len = append_str(s, uptr, 1);
+    fi->str_len = append_str(s, ptr, user);
     if (fi->str_len && s->ev[off & EV_VAR_MASK] == '/')
         return;                                       /* absolute: relative to the process root */
     u64 dentry, vfsmnt;
@@ -451,6 +452,11 @@ static __always_inline void slot_user_path(struct scratch *s, struct file_info *
         return;
     fi->path_flags |= walk(s, dentry, vfsmnt);
     fi->path_len = append_walk(s);
+}
+
+static __always_inline void slot_user_path(struct scratch *s, struct file_info *fi, s64 dfd, u64 uptr)
+{
+    slot_path_string(s, fi, dfd, uptr, 1);
 }
 
 /* --------------------------------------------------------------------------- sys_enter / sys_exit */

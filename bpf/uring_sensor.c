@@ -7,12 +7,13 @@
  *
  *  - openat/openat2: the submission is kept in uring_pending (keyed by the request) and the record is
  *    built at completion, where the result is known: the true path is walked from the new fd (or from
- *    the registered-file slot of a direct descriptor); a failed open carries the caller's string and the
- *    base directory, like a failed openat(2). A request that will post no CQE when it succeeds
+ *    the registered-file slot of a direct descriptor); a failed open carries its name and the base
+ *    directory, like a failed openat(2): the name as the kernel copied it at submission (uring_names), not
+ *    what the caller's memory holds by the completion. A request that will post no CQE when it succeeds
  *    (IOSQE_CQE_SKIP_SUCCESS) is reported at submission. A completion whose submission was not seen
  *    (submitted before the collector started, or its entry evicted) is reported from the fd alone.
  *  - unlinkat, renameat, mkdirat, symlinkat, linkat: like opens (kept at submission, reported at
- *    completion), with the caller's strings and their base directories, resolved in userspace like the
+ *    completion), with their names (kept like an open's) and base directories, resolved in userspace like the
  *    syscalls' (RK_URING_PATH). They also keep the filter's epochs and hazards as their syscalls do
  *    (filter.h): a successful renameat bumps the discarder epoch and an unlinkat the removal epoch, a
  *    symlinkat records the new link as a hazard, a renameat or linkat carries a symlink's hazard to its
@@ -47,7 +48,8 @@ struct uring_pending {    /* an open (or a path operation) between its submissio
     u64 user_data;
     u64 uptr2;            /* path operations: the second name (new path, link path) */
     s32 dfd2;
-    u32 pad;
+    u32 kstr;             /* KSTR_*: uptr / uptr2 point to the kernel's copy (uring_names), not user memory */
+    u64 tag;              /* the submission's time, also in its uring_names entries */
 };
 
 struct uring_path_body {  /* RK_URING_PATH */
@@ -94,12 +96,95 @@ struct uring_seen_v {
 
 /* LRU: an entry whose completion never comes (or a file never closed through io_uring) ages out. */
 BPF_TABLE("lru_hash", u64, struct uring_pending, uring_pending, 4096);
+
+/* The names as the kernel copied them at submission (struct filename.name), for the completion: the kernel
+ * acts on its copies, and io_uring lets the caller reuse its memory as soon as the request is submitted, so
+ * the strings in the caller's memory at completion may name other files (rewritten on purpose while the
+ * request waits: linked behind a timeout, or in an io-wq worker). The kernel frees its copies before the
+ * completion, so they are copied here. Keyed by request | name index (0, 1; requests are 8-byte aligned);
+ * an entry whose tag is not the pending request's (evicted and reused) is not used: the caller's memory is
+ * read then, as before. LRU of 1,024 names of PATH_MAX: 4 MiB. */
+#define KSTR_1 1
+#define KSTR_2 2
+struct uring_name {
+    u64 tag;
+    u32 len;              /* with the NUL; 0: not copied */
+    u32 pad;
+    char s[STR_MAX];
+};
+BPF_TABLE("lru_hash", u64, struct uring_name, uring_names, 1024);
+BPF_PERCPU_ARRAY(uring_name_buf, struct uring_name, 1);  /* staging: too big for the stack */
+
+static __always_inline void name_keep(u64 req, u32 idx, u64 filename, u64 tag)
+{
+    u32 zero = 0;
+    struct uring_name *n = uring_name_buf.lookup(&zero);
+    if (!n || !filename)
+        return;
+    long r = bpf_probe_read_kernel_str(n->s, STR_MAX, (void *)rd64(filename + O_FILENAME_NAME));
+    n->tag = tag;
+    n->len = r > 0 ? r : 0;
+    u64 key = req | idx;
+    uring_names.update(&key, n);
+}
+
+/* At submission: the request's names, kept for its completion. */
+static __always_inline void names_keep(u64 req, struct uring_pending *p, u64 fn1, u64 fn2)
+{
+    p->tag = bpf_ktime_get_ns();
+    name_keep(req, 0, fn1, p->tag);
+    if (fn2)
+        name_keep(req, 1, fn2, p->tag);
+}
+
+/* At submission, for a record built there (no completion will come): the kernel's copies are alive. */
+static __always_inline void names_now(struct uring_pending *p, u64 fn1, u64 fn2)
+{
+    u64 k1 = fn1 ? rd64(fn1 + O_FILENAME_NAME) : 0, k2 = fn2 ? rd64(fn2 + O_FILENAME_NAME) : 0;
+    if (k1) {
+        p->uptr = k1;
+        p->kstr |= KSTR_1;
+    }
+    if (k2) {
+        p->uptr2 = k2;
+        p->kstr |= KSTR_2;
+    }
+}
+
+/* At completion: the kept copies in place of the caller's pointers. */
+static __always_inline void names_use(u64 req, struct uring_pending *p)
+{
+    u64 key = req;
+    struct uring_name *n = uring_names.lookup(&key);
+    if (n && n->tag == p->tag && n->len) {
+        p->uptr = (u64)n->s;
+        p->kstr |= KSTR_1;
+    }
+    if (!p->uptr2)
+        return;
+    key = req | 1;
+    n = uring_names.lookup(&key);
+    if (n && n->tag == p->tag && n->len) {
+        p->uptr2 = (u64)n->s;
+        p->kstr |= KSTR_2;
+    }
+}
+
+static __always_inline void names_forget(u64 req, struct uring_pending *p)
+{
+    u64 key = req;
+    uring_names.delete(&key);
+    if (p->uptr2) {
+        key = req | 1;
+        uring_names.delete(&key);
+    }
+}
 BPF_TABLE("lru_hash", u64, struct uring_seen_v, uring_seen, 16384);
 
 #define BODY(type, s) ((struct type *)((s)->ev + sizeof(struct rec_hdr)))
 
 static __always_inline int path_record(struct uring_pending *p, s64 res, u32 stage);
-static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res);
+static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res, u64 req);
 static __always_inline int path_unseen(u64 req, u8 op);
 
 /* ------------------------------------------------------------------ the filter's epochs and hazards */
@@ -117,11 +202,10 @@ static __always_inline int path_unseen(u64 req, u8 op);
  * namespaces, so the current task's memory holds the user strings, its fs_struct resolves a relative path
  * against the submitter's cwd and root, its fd table holds the dirfd, and its mount namespace is the
  * submitter's: key_string() works there as at a sys_exit. Where something cannot be placed the
- * conservative route is taken: hazards_full() (every path string goes to userspace). Not covered: the
- * strings are read at completion, like path_record()'s, and io_uring lets a caller reuse their memory once
- * the request is submitted (the kernel has its own copy): a name rewritten by then misplaces the hazard
- * as it misnames the record. Keeping the kernel's copies (struct filename.name) from the submission would
- * close it. */
+ * conservative route is taken: hazards_full() (every path string goes to userspace). The names are the
+ * kernel's own copies kept from the submission (uring_names), so a caller that rewrites its memory while
+ * the request waits misnames neither the record nor the hazard; only when a kept copy was evicted (over
+ * 1,024 names in flight) is the caller's memory read at completion. */
 #define T_URING_HAZARD 0
 #define UH_JUDGE 1                /* f->in.pad, what is left to do: rename, link: which names to record */
 #define UH_DST 2                  /* record the destination (a2, a3) */
@@ -146,19 +230,20 @@ int tail__uring_hazard(void *ctx)
          * (a source we cannot place may be one). With RENAME_EXCHANGE what was at the destination is at
          * the source too. The steps go through map memory: the verifier then explores the rest once. */
         next = 0;
-        if (key_string(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, 0) < 0 || hazard_related(f, task))
+        if (key_string_in(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, !(in.a[5] & 1)) < 0
+            || hazard_related(f, task))
             next = UH_DST;
         *(volatile u32 *)&f->in.pad = next;
         if (op == IOP_RENAMEAT && (in.a[4] & RENAME_EXCHANGE_U)
-            && (key_string(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, 0) < 0
+            && (key_string_in(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, !(in.a[5] & 2)) < 0
                 || hazard_related(f, task)))
             *(volatile u32 *)&f->in.pad |= UH_SRC;
     } else if (todo & UH_DST) {
-        if (key_string(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, 0) >= 0)
+        if (key_string_in(s, f, RK_URING_PATH, SLOT_TARGET, in.a[2], in.a[3], task, !(in.a[5] & 2)) >= 0)
             hazard_add(f, task);
         *(volatile u32 *)&f->in.pad = todo & ~UH_DST;
     } else if (todo & UH_SRC) {
-        if (key_string(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, 0) >= 0)
+        if (key_string_in(s, f, RK_URING_PATH, SLOT_FILE, in.a[0], in.a[1], task, !(in.a[5] & 1)) >= 0)
             hazard_add(f, task);
         else if (todo & UH_MUST)
             hazards_full();                           /* a symlink we cannot place: trust no path string */
@@ -196,6 +281,7 @@ static __always_inline void path_hazards(void *ctx, struct uring_pending *p, int
         if (p->op == IOP_SYMLINKAT) {             /* uptr is the link's text; the link is the second name */
             f->in.a[0] = (u64)(s64)p->dfd2;
             f->in.a[1] = p->uptr2;
+            f->in.a[5] = (p->kstr & KSTR_2) ? 1 : 0;
             f->in.pad = UH_SRC | UH_MUST;
         } else {
             f->in.a[0] = (u64)(s64)p->dfd;
@@ -203,6 +289,7 @@ static __always_inline void path_hazards(void *ctx, struct uring_pending *p, int
             f->in.a[2] = (u64)(s64)p->dfd2;
             f->in.a[3] = p->uptr2;
             f->in.a[4] = p->flags;
+            f->in.a[5] = p->kstr;                     /* KSTR_1: a[1], KSTR_2: a[3] */
             f->in.pad = UH_JUDGE;
             if (blind)
                 f->in.pad = UH_DST | (p->op == IOP_RENAMEAT && (p->flags & RENAME_EXCHANGE_U) ? UH_SRC : 0);
@@ -274,7 +361,7 @@ static __always_inline int open_record(struct uring_pending *p, s64 res, u32 sta
             b->flags = rd32(file + O_FILE_F_FLAGS);
         uring_mark(file, URING_READ);  /* a new open: its reads are this open's, its first write is new */
     } else if (stage != URS_NO_SUBMIT) {
-        slot_user_path(s, &b->f, p->dfd, p->uptr);
+        slot_path_string(s, &b->f, p->dfd, p->uptr, !(p->kstr & KSTR_1));
     } else {
         b->f.path_flags = PF_UNRESOLVED;
     }
@@ -295,10 +382,15 @@ static __always_inline int open_submit(u64 req, u8 op, u64 rflags, u64 user_data
     p.flags = how[0];
     p.mode = how[1];
     p.resolve = how[2];
-    p.uptr = rd64(rd64(o + O_IO_OPEN_FILENAME) + O_FILENAME_UPTR);
+    u64 fn = rd64(o + O_IO_OPEN_FILENAME);
+    p.uptr = rd64(fn + O_FILENAME_UPTR);
     p.user_data = user_data;
-    if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_)) && uring_pending.update(&req, &p) == 0)
-        return 0;         /* reported when it completes */
+    if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_))) {
+        names_keep(req, &p, fn, 0);
+        if (uring_pending.update(&req, &p) == 0)
+            return 0;     /* reported when it completes */
+    }
+    names_now(&p, fn, 0);
     return open_record(&p, 0, URS_SUBMIT, req);
 }
 
@@ -309,9 +401,12 @@ static __always_inline int open_complete(void *ctx, u64 req, s64 res)
     if (in) {
         __builtin_memcpy(&p, in, sizeof(p));
         uring_pending.delete(&req);
+        names_use(req, &p);
         if (!p.sc)
-            return path_complete(ctx, &p, res);
-        return open_record(&p, res, URS_COMPLETE, req);
+            return path_complete(ctx, &p, res, req);
+        open_record(&p, res, URS_COMPLETE, req);
+        names_forget(req, &p);
+        return 0;
     }
     u8 op = 0;
     bpf_probe_read_kernel(&op, 1, (void *)(req + O_IO_KIOCB_OPCODE));
@@ -347,25 +442,27 @@ static __always_inline int path_record(struct uring_pending *p, s64 res, u32 sta
     b->stage = stage;
     b->user_data = p->user_data;
     if (p->op == IOP_SYMLINKAT) {  /* the target is text, not resolved against anything */
-        slot_user_path(s, &b->f, p->dfd2, p->uptr2);
+        slot_path_string(s, &b->f, p->dfd2, p->uptr2, !(p->kstr & KSTR_2));
         b->t.path_flags = PF_UNRESOLVED;
-        b->t.str_len = append_str(s, p->uptr, 1);
+        b->t.str_len = append_str(s, p->uptr, !(p->kstr & KSTR_1));
     } else {
-        slot_user_path(s, &b->f, p->dfd, p->uptr);
+        slot_path_string(s, &b->f, p->dfd, p->uptr, !(p->kstr & KSTR_1));
         if (p->uptr2)
-            slot_user_path(s, &b->t, p->dfd2, p->uptr2);
+            slot_path_string(s, &b->t, p->dfd2, p->uptr2, !(p->kstr & KSTR_2));
     }
     emit(s, RK_URING_PATH);
     return 0;
 }
 
-static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res)
+static __always_inline int path_complete(void *ctx, struct uring_pending *p, s64 res, u64 req)
 {
     if (res == 0)
         path_epoch(p->op);
     path_record(p, res, URS_COMPLETE);
-    if (res == 0)
-        path_hazards(ctx, p, 0);
+    if (res == 0 && (p->op == IOP_RENAMEAT || p->op == IOP_SYMLINKAT || p->op == IOP_LINKAT))
+        path_hazards(ctx, p, 0);                      /* its tail call reads the kept names: left to the LRU */
+    else
+        names_forget(req, p);
     return 0;
 }
 
@@ -386,18 +483,19 @@ static __always_inline int path_submit(void *ctx, u64 req, u8 op, u64 rflags, u6
 {
     struct uring_pending p = {};
     u64 o = req + O_IO_KIOCB_CMD;
+    u64 fn1 = 0, fn2 = 0;     /* struct filename */
     p.op = op;
     p.user_data = user_data;
     if (op == IOP_UNLINKAT) {
         p.dfd = (s32)rd32(o + O_IO_UNLINK_DFD);
         p.flags = rd32(o + O_IO_UNLINK_FLAGS);
-        p.uptr = rd64(rd64(o + O_IO_UNLINK_FILENAME) + O_FILENAME_UPTR);
+        fn1 = rd64(o + O_IO_UNLINK_FILENAME);
     } else if (op == IOP_MKDIRAT) {
         p.dfd = (s32)rd32(o + O_IO_MKDIR_DFD);
         u16 mode = 0;
         bpf_probe_read_kernel(&mode, 2, (void *)(o + O_IO_MKDIR_MODE));
         p.mode = mode;
-        p.uptr = rd64(rd64(o + O_IO_MKDIR_FILENAME) + O_FILENAME_UPTR);
+        fn1 = rd64(o + O_IO_MKDIR_FILENAME);
     } else {              /* renameat (io_rename), symlinkat and linkat (io_link): same members */
         u32 od = op == IOP_RENAMEAT ? O_IO_RENAME_OLD_DFD : O_IO_LINK_OLD_DFD;
         u32 nd = op == IOP_RENAMEAT ? O_IO_RENAME_NEW_DFD : O_IO_LINK_NEW_DFD;
@@ -407,11 +505,17 @@ static __always_inline int path_submit(void *ctx, u64 req, u8 op, u64 rflags, u6
         p.dfd = (s32)rd32(o + od);
         p.dfd2 = (s32)rd32(o + nd);
         p.flags = rd32(o + fl);
-        p.uptr = rd64(rd64(o + op1) + O_FILENAME_UPTR);
-        p.uptr2 = rd64(rd64(o + op2) + O_FILENAME_UPTR);
+        fn1 = rd64(o + op1);
+        fn2 = rd64(o + op2);
     }
-    if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_)) && uring_pending.update(&req, &p) == 0)
-        return 0;
+    p.uptr = fn1 ? rd64(fn1 + O_FILENAME_UPTR) : 0;
+    p.uptr2 = fn2 ? rd64(fn2 + O_FILENAME_UPTR) : 0;
+    if (!(rflags & (1ULL << REQ_F_CQE_SKIP_BIT_))) {
+        names_keep(req, &p, fn1, fn2);
+        if (uring_pending.update(&req, &p) == 0)
+            return 0;
+    }
+    names_now(&p, fn1, fn2);
     /* No completion will come when it succeeds (IOSQE_CQE_SKIP_SUCCESS), nor will it say when it ran: the
      * epoch now (a discarder learned between this and the operation itself survives it: the one gap left),
      * the hazards now, assuming the worst (a hazard recorded early is only a path string sent to userspace).

@@ -61,6 +61,7 @@ class UringSensor(Sensor):
         "O_IO_CLOSE_FD": Need(("io_close", "fd"), 4),
         "O_IO_CLOSE_FILE_SLOT": Need(("io_close", "file_slot"), 4),
         "O_FILENAME_UPTR": Need(("filename", "uptr"), 8),
+        "O_FILENAME_NAME": Need(("filename", "name"), 8),
         "O_IO_UNLINK_DFD": Need(("io_unlink", "dfd"), 4),
         "O_IO_UNLINK_FLAGS": Need(("io_unlink", "flags"), 4),
         "O_IO_UNLINK_FILENAME": Need(("io_unlink", "filename"), 8),

@@ -200,6 +200,23 @@ def test_path_operations(capture, uring_ops, tmp_path):
     assert rmdir.flags == 0x200 and rmdir.file.ino == os.stat(d / "d").st_ino  # refused: it still exists
 
 
+def test_names_rewritten_while_a_request_waits_are_reported_as_the_kernel_acted_on_them(capture, uring_ops,
+                                                                                        tmp_path):
+    """io_uring lets a caller reuse its memory as soon as a request is submitted: the kernel acts on the copies
+    it made then. A request held behind a linked timeout while the caller rewrites its names (the driver's
+    decoy step: the last byte becomes 'Z') must be reported with the names the kernel used."""
+    d = tmp_path.resolve()
+    (d / "a").write_bytes(b"x")
+    results, events = run(capture, uring_ops, "decoy,300", f"renameat,{d}/a,{d}/b", "decoy,300",
+                          f"openat,{d}/missing,0", "decoy,300", f"mkdirat,{d}/m,0700")
+    assert results == [0, 0, 0, -errno.ENOENT, 0, 0]  # decoy steps print 0
+    assert (d / "b").exists() and (d / "m").is_dir() and not (d / "Z").exists()  # the kernel's names were used
+    got = [(e.type_name, e.retval, e.file.path, e.target.path if e.target else None) for e in uring(events)]
+    assert got == [("rename", 0, os.fsencode(d / "a"), os.fsencode(d / "b")),
+                   ("open", -errno.ENOENT, os.fsencode(d / "missing"), None),
+                   ("mkdir", 0, os.fsencode(d / "m"), None)]
+
+
 @pytest.mark.parametrize("mode", ["URING_SQPOLL", "URING_ASYNC"])
 def test_sqpoll_thread_and_io_wq_workers(capture, uring_ops, tmp_path, mode):
     """Submitted by the kernel's SQ polling thread (no syscall at all), or run by io-wq worker threads:
@@ -284,6 +301,24 @@ def test_path_strings_through_io_uring_symlinks_reach_userspace(filtering, captu
     got = [(e.type_name, e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in events]
     assert got == [("unlink", b(d / "watched/f0"), True), ("unlink", b(d / "watched/f1"), True),
                    ("open", b(d / "watched/nosuch"), True), ("unlink", b(d / "watched/f2"), False)]
+    assert placed(filtering)
+
+
+def test_a_symlink_renamed_through_io_uring_under_rewritten_names_keeps_its_hazard(filtering, capture, uring_ops, d):
+    """The hazard bookkeeping reads the names the kernel used too: rewriting them while the rename waits
+    must not leave the symlink's new name unrecorded (its paths would then be judged lexically and dropped)."""
+    (d / "watched").mkdir()
+    (d / "watched" / "f0").write_bytes(b"")
+    filtering.use(f'rules:\n  - id: w\n    expression: unlink.file.path =~ "{d}/watched/**"\n')
+    os.symlink(d / "watched", d / "l0")
+    assert uring_do(uring_ops, "decoy,300", f"renameat,{d}/l0,{d}/l1") == [0, 0]
+    assert os.readlink(d / "l1") == str(d / "watched")
+
+    def act():
+        unlink_str(d / "l1" / "f0")
+
+    got = [(e.file.path, bool(e.hdr[1] & HF_UNSURE)) for e in under(capture(act), "unlink", d)]
+    assert got == [(b(d / "watched/f0"), True)]
     assert placed(filtering)
 
 

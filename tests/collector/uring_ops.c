@@ -11,6 +11,9 @@
  *     unlinkat,PATH[,FLAGS] | mkdirat,PATH,MODE | renameat,OLD,NEW[,FLAGS] | linkat,OLD,NEW[,FLAGS]
  *     symlinkat,TARGET,LINKPATH               the path operations (AT_FDCWD)
  *     sparse,N                                register N empty fixed-file slots
+ *     decoy,MS                                the next step waits MS ms behind a linked timeout (the kernel
+ *                                             has copied its names at submission); meanwhile the last
+ *                                             byte of each of its names is rewritten to 'Z'
  *   FD may be $K: the result of step K (counted from 0).
  * Environment: URING_SQPOLL=1 submits through a kernel SQ polling thread (no syscall per request),
  * URING_ASYNC=1 sets IOSQE_ASYNC on every request (run by io-wq worker threads), URING_SKIP=1 sets
@@ -37,6 +40,8 @@ static int sqpoll, async_all, skip_all;
 static struct io_uring_sqe *sqes;
 static struct io_uring_cqe *cqes;
 static long results[64];
+static long decoy_ms;            /* the decoy step's delay for the next request, then 0 */
+static char *decoy_names[2];     /* the next request's names, rewritten while it waits */
 
 static void die(const char *what)
 {
@@ -73,10 +78,56 @@ static void setup(void)
     cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
 }
 
+/* The decoy step: a timeout linked before the request (IORING_TIMEOUT_ETIME_SUCCESS: its expiry does not
+ * cancel the link), both submitted at once; the names are rewritten while the request waits, then both
+ * completions are reaped. Returns the request's res. */
+static long submit_behind_timeout(struct io_uring_sqe *proto)
+{
+    struct __kernel_timespec ts = {.tv_sec = decoy_ms / 1000, .tv_nsec = (decoy_ms % 1000) * 1000000};
+    unsigned tail = *sq_tail;
+    unsigned t = tail & *sq_mask, r = (tail + 1) & *sq_mask;
+    memset(&sqes[t], 0, sizeof(sqes[t]));
+    sqes[t].opcode = IORING_OP_TIMEOUT;
+    sqes[t].addr = (uint64_t)(uintptr_t)&ts;
+    sqes[t].len = 1;
+    sqes[t].timeout_flags = IORING_TIMEOUT_ETIME_SUCCESS;
+    sqes[t].flags = IOSQE_IO_LINK;
+    sqes[t].user_data = 1;
+    sqes[r] = *proto;
+    sqes[r].user_data = 2;
+    sq_array[t] = t;
+    sq_array[r] = r;
+    __atomic_store_n(sq_tail, tail + 2, __ATOMIC_RELEASE);
+    if (syscall(__NR_io_uring_enter, ring_fd, 2, 0, 0, NULL, 0) != 2)
+        die("io_uring_enter");
+    usleep(decoy_ms * 1000 / 3);
+    for (int k = 0; k < 2; k++)
+        if (decoy_names[k] && decoy_names[k][0])
+            decoy_names[k][strlen(decoy_names[k]) - 1] = 'Z';
+    long res = 1L << 30;
+    for (int got = 0; got < 2;) {
+        unsigned head = *cq_head;
+        if (head == __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE)) {
+            if (syscall(__NR_io_uring_enter, ring_fd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+                die("io_uring_enter");
+            continue;
+        }
+        struct io_uring_cqe *c = &cqes[head & *cq_mask];
+        if (c->user_data == 2)
+            res = c->res;
+        __atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
+        got++;
+    }
+    decoy_ms = 0;
+    return res;
+}
+
 /* Submit one SQE; wait for its CQE unless `skip` (then a success posts none). Returns res, or 1 << 30
  * when no CQE came. */
 static long submit(struct io_uring_sqe *proto, int skip)
 {
+    if (decoy_ms)
+        return submit_behind_timeout(proto);
     unsigned tail = *sq_tail, idx = tail & *sq_mask;
     skip |= skip_all;
     sqes[idx] = *proto;
@@ -183,6 +234,10 @@ int main(int argc, char **argv)
             results[i - 1] = res;
             printf("%s %ld\n", op, res);
             continue;
+        } else if (!strcmp(op, "decoy")) {
+            decoy_ms = atol(a[0]);
+            printf("%s 0\n", op);
+            continue;
         } else if (!strcmp(op, "sparse")) {
             struct io_uring_rsrc_register reg;
             memset(&reg, 0, sizeof(reg));
@@ -196,6 +251,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "unknown step %s\n", op);
             return 2;
         }
+        decoy_names[0] = a[0];       /* the names (for the ops that have them): what a decoy rewrites */
+        decoy_names[1] = (!strcmp(op, "renameat") || !strcmp(op, "linkat") || !strcmp(op, "symlinkat")) ? a[1] : 0;
+        if (strstr(op, "read") || strstr(op, "write") || !strcmp(op, "close"))
+            decoy_names[0] = 0;
         res = submit(&sqe, skip);
         results[i - 1] = res;
         printf("%s %ld\n", op, res);
