@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -212,6 +213,8 @@ class Harness:
         out, _ = await proc.communicate()  # waits for the exit too: the load's CPU is in RUSAGE_CHILDREN after it
         if proc.returncode != 0:
             polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
             raise RuntimeError(f"the load {argv[:2]} exited with {proc.returncode}")
         self.load_cpu_s = children_cpu_seconds() - cpu0  # the load's own CPU, its descendants' included
         await asyncio.sleep(tail)
@@ -401,8 +404,8 @@ async def realistic(h: Harness, argv: list[str], warm_up: list[str], workload: s
                     per_switch: int = 1) -> dict:
     """A build (`argv`) without and with the collector (default rules in the kernel): overhead on its wall
     time, and what the kernel dropped of what its hooks saw. `warm_up` is a short unmeasured load run after
-    each switch. Each round runs `per_switch` builds in one
-    mode, then as many in the other (the order alternates between rounds); the i-th of each are a pair.
+    each switch. Each round runs `per_switch` builds in one mode, then as many in the other (the order
+    alternates between rounds); the i-th of each are a pair.
     Switching costs seconds (detaching waits on the kernel), so short builds are better run several per
     switch: on this host a build's time varies ~20% from one run to the next, little of it shared with its
     neighbours, so many pairs buy more than tight ones."""
